@@ -1,0 +1,138 @@
+"""The ``eebench`` command line: ``run``, ``list``, ``backbone train``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from eebench.errors import EEBenchError
+
+log = logging.getLogger("eebench")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, help="local mirror: DIR/<dataset>/{train,test}.parquet (env EEBENCH_DATA_DIR)")
+    p.add_argument("--weights-dir", type=Path, help="folder with published checkpoint files (env EEBENCH_WEIGHTS_DIR)")
+    p.add_argument("--cache-dir", type=Path, help="feature/backbone cache root (env EEBENCH_CACHE_DIR, default ~/.cache/eebench)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter: method.<p>=v, dataset.<p>=v, seed=n (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eebench", description="Comparative benchmark of early-exit networks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one method on one dataset and backbone, write a run record")
+    run.add_argument("--method", help="method name (eebench list methods)")
+    run.add_argument("--dataset", help="dataset name (default digits)")
+    run.add_argument("--backbone", help="backbone name (default: the dataset's)")
+    run.add_argument("--config", type=Path, help="YAML run config (method, dataset, backbone, seed, *_params)")
+    run.add_argument("--seed", type=int, help="method seed (default 0)")
+    run.add_argument("--out", type=Path, default=Path("runs"), help="output folder for run records (default ./runs)")
+    run.add_argument("--batch-size", type=int, default=256, help="batch size of the backbone pass")
+    run.add_argument("--num-workers", type=int, default=1, help="data-loading workers of the backbone pass")
+    _common(run)
+
+    lst = sub.add_parser("list", help="list methods, datasets and backbones")
+    lst.add_argument("what", nargs="?", choices=["methods", "datasets", "backbones"], help="one kind only")
+
+    bb = sub.add_parser("backbone", help="backbone commands")
+    bsub = bb.add_subparsers(dest="backbone_command", required=True)
+    tr = bsub.add_parser("train", help="train or fine-tune a backbone on a dataset (checkpoint chosen on val)")
+    tr.add_argument("--backbone", required=True)
+    tr.add_argument("--dataset", required=True)
+    _common(tr)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from eebench.config import resolve
+    from eebench.runner import RunOptions, run, summary_table
+
+    config = resolve(args.method, args.dataset, args.backbone, args.seed, args.sets, args.config)
+    log.info("run %s", config.run_id)
+    options = RunOptions(args.data_dir, args.weights_dir, args.cache_dir, args.out, args.batch_size, args.num_workers)
+    record = run(config, options)
+    print(f"{config.method} on {config.dataset} / {config.backbone} (seed {config.seed}): "
+          f"backbone accuracy {100 * record['backbone_accuracy']:.2f} %, "
+          f"{record['backbone']['muladds'] / 1e6:.2f} M Mul-Adds, {record['backbone']['num_exits']} exits")
+    print(summary_table(record))
+    t = record["timings"]
+    print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    print(f"record: {Path(args.out) / config.run_id / 'record.json'}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from eebench.backbones import BACKBONES
+    from eebench.data import DATASETS
+    from eebench.method import load_methods
+
+    if args.what in (None, "methods"):
+        methods = load_methods()
+        print("methods:")
+        for name in methods.names():
+            m = methods.get(name)
+            print(f"  {name:<12} {m.paper}; grid: {m.grid}")
+    if args.what in (None, "datasets"):
+        print("datasets:")
+        for name in DATASETS.names():
+            d = DATASETS.get(name)
+            print(f"  {name:<12} {d.hub_id or '(bundled)':<22} default backbone {d.default_backbone:<16} {d.description}")
+    if args.what in (None, "backbones"):
+        print("backbones:")
+        for name in BACKBONES.names():
+            print(f"  {name:<16} {BACKBONES.get(name).description}")
+    return 0
+
+
+def cmd_backbone_train(args: argparse.Namespace) -> int:
+    from eebench import paths
+    from eebench.backbone_training import RECIPE_DEFAULTS, train_backbone
+    from eebench.backbones import BACKBONES
+    from eebench.config import check_params, parse_set, resolve_holdout
+    from eebench.data import DATASETS, load_splits
+
+    spec = BACKBONES.get(args.backbone)
+    dspec = DATASETS.get(args.dataset)
+    dataset_params, recipe = {}, {}
+    for option in args.sets:
+        key, value = parse_set(option)
+        if key.startswith("dataset."):
+            dataset_params[key[len("dataset."):]] = value
+        else:
+            recipe[key.removeprefix("recipe.")] = value
+    dataset_params = check_params("dataset", dspec.name, dataset_params, dspec.default_parameters())
+    if dataset_params["holdout"] == "auto":
+        dataset_params["holdout"] = resolve_holdout(spec.name, dspec.name)
+    recipe = check_params("recipe", spec.name, recipe, {**RECIPE_DEFAULTS, **spec.recipe})
+    cache = paths.cache_dir(args.cache_dir)
+    splits = load_splits(dspec.name, dataset_params, paths.data_dir(args.data_dir), cache)
+    path = train_backbone(spec.name, splits, cache, recipe, paths.weights_dir(args.weights_dir))
+    print(f"trained {spec.name} on {dspec.name}: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 failed run, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "list":
+            return cmd_list(args)
+        if args.command == "backbone" and args.backbone_command == "train":
+            return cmd_backbone_train(args)
+    except EEBenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    parser.error("unknown command")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Run configuration: method, dataset, backbone, seed and their parameters, fully resolved.
+
+Sources, later ones winning: the registered defaults; a YAML file (``--config``); the CLI flags
+(``--method``, ``--dataset``, ``--backbone``, ``--seed``); ``--set key=value`` options. Keys of
+``--set`` are ``method.<param>``, ``dataset.<param>``, or one of ``method``, ``dataset``,
+``backbone``, ``seed``; values are parsed as YAML (``--set method.lambdas=[0.1,1]``).
+
+A YAML config has the same shape as the ``config`` of a run record::
+
+    method: jei
+    dataset: cifar10
+    backbone: cifar_resnet56
+    seed: 0
+    method_params: {im_loss: uniform}
+    dataset_params: {split_seed: 0}
+
+The run id is a hash of the resolved config, stable across machines and sessions.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eebench.errors import ConfigError
+
+TOP_KEYS = ("method", "dataset", "backbone", "seed", "method_params", "dataset_params")
+
+
+@dataclass
+class RunConfig:
+    """A fully resolved run configuration (what the run id is computed from)."""
+
+    method: str
+    dataset: str
+    backbone: str
+    seed: int = 0
+    method_params: dict[str, Any] = field(default_factory=dict)
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(asdict(self))
+
+    @property
+    def run_id(self) -> str:
+        """``<method>-<dataset>-<backbone>-s<seed>-<hash10>``, the hash over the resolved config."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+        return f"{self.method}-{self.dataset}-{self.backbone}-s{self.seed}-{digest}"
+
+
+def parse_value(text: str, key: str) -> Any:
+    """A ``--set`` value parsed as YAML (``0.5`` → float, ``[1,2]`` → list, ``uniform`` → str).
+
+    Raises:
+        ConfigError: the value is not valid YAML.
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"--set {key}={text}: the value is not valid YAML ({problem})") from None
+
+
+def parse_set(option: str) -> tuple[str, Any]:
+    """``"method.lr=0.1"`` → ``("method.lr", 0.1)``.
+
+    Raises:
+        ConfigError: no ``=``, or an empty key.
+    """
+    key, sep, value = option.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"malformed --set '{option}': expected KEY=VALUE, e.g. --set method.lr=0.05")
+    return key, parse_value(value, key)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML run config.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML (the message gives line and column),
+            is not a mapping, or has an unknown top-level key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"malformed YAML in {path}: {where}{problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of {', '.join(TOP_KEYS)}; got {type(data).__name__}")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise ConfigError(f"config {path}: unknown key '{key}'{_did_you_mean(key, TOP_KEYS)}; "
+                              f"valid: {', '.join(TOP_KEYS)}")
+    for key in ("method_params", "dataset_params"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ConfigError(f"config {path}: '{key}' must be a mapping, got {type(data[key]).__name__}")
+    return data
+
+
+def _did_you_mean(key: str, valid: Any) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce_number(value: Any, default: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string; read it as the number the default's type asks for."""
+    if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+        try:
+            return int(value) if isinstance(default, int) else float(value)
+        except ValueError:
+            return value
+    if isinstance(value, list) and isinstance(default, list) and default and isinstance(default[0], float):
+        return [_coerce_number(v, default[0]) for v in value]
+    return value
+
+
+def check_params(kind: str, owner: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``given`` over ``defaults``, checking names and types.
+
+    A value must have the default's type (an int is accepted for a float, a list for a list).
+
+    Raises:
+        ConfigError: an unknown name (with a "did you mean") or a value of the wrong type.
+    """
+    out = copy.deepcopy(defaults)
+    for key, value in given.items():
+        if key not in defaults:
+            raise ConfigError(f"{kind}.{key}: unknown parameter for {kind} '{owner}'{_did_you_mean(key, defaults)}; "
+                              f"valid: {', '.join(sorted(defaults))}")
+        default = defaults[key]
+        value = _coerce_number(value, default)
+        ok = (default is None or value is None or isinstance(value, type(default))
+              or (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)))
+        if isinstance(default, (int, float)) and isinstance(value, bool) and not isinstance(default, bool):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{kind}.{key}={value!r}: expected {type(default).__name__} like the default "
+                              f"{default!r}, got {type(value).__name__}")
+        out[key] = float(value) if isinstance(default, float) and isinstance(value, int) else value
+    return out
+
+
+def resolve(method: str | None = None, dataset: str | None = None, backbone: str | None = None,
+            seed: int | None = None, sets: list[str] | None = None, config_file: str | Path | None = None
+            ) -> RunConfig:
+    """Resolve a run configuration from a YAML file, CLI flags and ``--set`` options.
+
+    Raises:
+        UnknownNameError: an unknown method, dataset or backbone (exit status 2).
+        ConfigError: a malformed option or file, an unknown parameter, a value of the wrong type.
+    """
+    from eebench.backbones import BACKBONES
+    from eebench.data import DATASETS
+    from eebench.method import load_methods
+
+    data = load_yaml(config_file) if config_file else {}
+    data = {"method_params": {}, "dataset_params": {}, **{k: v for k, v in data.items() if v is not None}}
+    for key, value in (("method", method), ("dataset", dataset), ("backbone", backbone), ("seed", seed)):
+        if value is not None:
+            data[key] = value
+    for option in sets or []:
+        key, value = parse_set(option)
+        head, _, rest = key.partition(".")
+        if head in ("method", "dataset") and rest:
+            data[f"{head}_params"][rest] = value
+        elif key in ("method", "dataset", "backbone", "seed"):
+            data[key] = value
+        else:
+            raise ConfigError(f"--set {key}: unknown key{_did_you_mean(key, ['method', 'dataset', 'backbone', 'seed'])}; "
+                              f"use method.<param>, dataset.<param>, method, dataset, backbone or seed")
+    if not data.get("method"):
+        raise ConfigError("no method given: pass --method (see `eebench list methods`)")
+    if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool):
+        raise ConfigError(f"seed={data['seed']!r}: expected an int")
+    methods = load_methods()
+    method_name = methods.canonical(str(data["method"]))
+    dataset_name = DATASETS.canonical(str(data.get("dataset") or "digits"))
+    spec = DATASETS.get(dataset_name)
+    backbone_name = BACKBONES.canonical(str(data.get("backbone") or spec.default_backbone))
+    m = methods.get(method_name)
+    dataset_params = check_params("dataset", dataset_name, data["dataset_params"], spec.default_parameters())
+    if dataset_params.get("holdout") == "auto":
+        dataset_params["holdout"] = resolve_holdout(backbone_name, dataset_name)
+    return RunConfig(
+        method=method_name, dataset=dataset_name, backbone=backbone_name, seed=int(data.get("seed", 0)),
+        method_params=check_params("method", method_name, data["method_params"], m.parameters),
+        dataset_params=dataset_params)
+
+
+def resolve_holdout(backbone: str, dataset: str) -> str:
+    """``holdout: auto`` → "test" when the backbone's published weights were trained on the whole
+    train split of ``dataset`` (val/calib must be images it has not fitted), else "train"."""
+    from eebench.backbones import BACKBONES
+
+    return "test" if BACKBONES.get(backbone).pretrained_on == dataset else "train"

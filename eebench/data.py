@@ -1,0 +1,304 @@
+"""Datasets: hub ids, local mirrors, the bundled offline default, and deterministic splits.
+
+A dataset is loaded in the Hugging Face hub's schema from one of three sources:
+
+1. the hub, by id, through :func:`datasets.load_dataset` (the default for users);
+2. a local mirror ``DIR/<name>/{train,test}.parquet`` in the hub's schema, given by ``--data-dir``
+   or ``$EEBENCH_DATA_DIR`` (``../shared/data`` is one), loaded with the ``parquet`` builder;
+3. a dataset bundled with a dependency: scikit-learn's ``digits``, the offline default.
+
+The harness then carves four disjoint splits from it with a seed (``split_seed``): ``train``
+(IMs, gates), ``val`` (thresholds, model selection), ``calib`` (conformal calibration only) and
+``test`` (reported numbers only). ``val`` and ``calib`` are held out from the hub's train split
+(``holdout: train``) or, for a backbone whose published weights were trained on the whole hub
+train split, from the hub's test split (``holdout: test``): otherwise val and calib would hold
+images the backbone has fitted, unlike test, and conformal sets calibrated on them under-cover
+(ResNet-56 on CIFAR-10: val accuracy 89 % against 83 % on test; coverage 0.86 at α = 0.10).
+``holdout: auto`` (the default) is resolved to one of the two from the backbone when a run is
+configured. A source without a test split gives ``test`` from its pool too.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+
+from eebench.errors import ConfigError, DataUnavailableError
+from eebench.registry import Registry
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "calib", "test")
+
+#: Dataset parameters every dataset accepts, with their defaults (``--set dataset.KEY=VALUE``).
+SPLIT_PARAMETERS: dict[str, Any] = {
+    "split_seed": 0,        # seed of the train/val/calib/test carving
+    "val_fraction": 0.15,   # of the source's train split
+    "calib_fraction": 0.10,  # of the source's train split
+    "test_fraction": 0.20,  # only for sources without a test split
+    "holdout": "auto",      # where val and calib come from: train | test | auto (by backbone)
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset.
+
+    Attributes:
+        name: the harness name (``--dataset``), also the mirror folder name.
+        hub_id: Hugging Face hub id, or None for a bundled/derived dataset.
+        num_classes: C.
+        default_backbone: the backbone used when ``--backbone`` is not given.
+        image_column, label_column: column names in the hub's schema.
+        hub_config: the hub config name (e.g. SVHN's ``cropped_digits``).
+        builder: for bundled/derived datasets, ``(data_dir, cache_dir) -> (DatasetDict, fingerprint)``.
+        parameters: dataset-specific parameters and defaults, on top of :data:`SPLIT_PARAMETERS`.
+    """
+
+    name: str
+    hub_id: str | None
+    num_classes: int
+    default_backbone: str
+    description: str
+    image_column: str = "image"
+    label_column: str = "label"
+    hub_config: str | None = None
+    builder: Callable[..., tuple[datasets.DatasetDict, str]] | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def default_parameters(self) -> dict[str, Any]:
+        return {**SPLIT_PARAMETERS, **self.parameters}
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def register_dataset(spec: DatasetSpec, aliases: tuple[str, ...] = ()) -> DatasetSpec:
+    return DATASETS.register(spec.name, spec, aliases)
+
+
+# --------------------------------------------------------------------------------------------
+# sources
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _load_mirror(spec: DatasetSpec, root: Path) -> tuple[datasets.DatasetDict, str]:
+    folder = root / spec.name
+    files = {s: folder / f"{s}.parquet" for s in ("train", "test")}
+    files = {s: p for s, p in files.items() if p.exists()}
+    if "train" not in files:
+        raise DataUnavailableError(
+            f"no local mirror of '{spec.name}' at {folder}/train.parquet: put the hub's parquet files "
+            f"there ({spec.hub_id}), or drop --data-dir / EEBENCH_DATA_DIR to load from the hub")
+    try:
+        ds = datasets.load_dataset("parquet", data_files={s: str(p) for s, p in files.items()})
+    except Exception as e:  # a truncated or foreign file
+        raise DataUnavailableError(f"cannot read the mirror of '{spec.name}' in {folder}: {type(e).__name__}: "
+                                   f"{str(e).splitlines()[0] if str(e) else ''}; replace the parquet files") from e
+    fingerprint = hashlib.sha256("".join(f"{s}:{_file_sha256(p)}" for s, p in sorted(files.items())).encode())
+    return ds, fingerprint.hexdigest()[:16]
+
+
+def _load_hub(spec: DatasetSpec) -> tuple[datasets.DatasetDict, str]:
+    try:
+        ds = datasets.load_dataset(spec.hub_id, spec.hub_config)
+    except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable"
+        raise DataUnavailableError(
+            f"cannot load '{spec.name}' from the Hugging Face hub ({spec.hub_id}): {why}; pass --data-dir DIR "
+            f"with DIR/{spec.name}/{{train,test}}.parquet in the hub's schema"
+            + (", or unset HF_HUB_OFFLINE to download it" if offline else "")) from e
+    fingerprint = hashlib.sha256("".join(f"{s}:{d._fingerprint}" for s, d in sorted(ds.items())).encode())
+    return ds, fingerprint.hexdigest()[:16]
+
+
+def load_source(spec: DatasetSpec, data_dir: Path | None = None, cache_dir: Path | None = None
+                ) -> tuple[datasets.DatasetDict, str]:
+    """Load a dataset's source splits (``train`` and, where it has one, ``test``) in the hub schema.
+
+    Returns:
+        ``(dataset_dict, fingerprint)``; the fingerprint is a content hash (mirror file bytes,
+        the hub's cache fingerprint, or the bundled data's bytes) used in cache keys.
+
+    Raises:
+        DataUnavailableError: the mirror lacks the files, or the hub cannot serve the dataset.
+    """
+    if spec.builder is not None:
+        return spec.builder(data_dir=data_dir, cache_dir=cache_dir)
+    if data_dir is not None:
+        return _load_mirror(spec, data_dir)
+    return _load_hub(spec)
+
+
+# --------------------------------------------------------------------------------------------
+# splits
+@dataclass
+class DataSplits:
+    """The four splits of a dataset: rows of the source splits selected by seeded indices.
+
+    Attributes:
+        spec: the dataset.
+        source: the source splits (hub schema).
+        indices: split name → (source split name, int64 row indices).
+        fingerprint: content hash of the source.
+        params: the resolved dataset parameters.
+    """
+
+    spec: DatasetSpec
+    source: datasets.DatasetDict
+    indices: dict[str, tuple[str, np.ndarray]]
+    fingerprint: str
+    params: dict[str, Any]
+
+    def split(self, name: str) -> datasets.Dataset:
+        src, idx = self.indices[name]
+        return self.source[src].select(idx)
+
+    def labels(self, name: str) -> np.ndarray:
+        src, idx = self.indices[name]
+        return np.asarray(self.source[src][self.spec.label_column])[idx]
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """For the run record: per split, its source split, size and a hash of its row indices."""
+        return {name: {"source": src, "n": int(len(idx)),
+                       "indices_sha256": hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest()[:16]}
+                for name, (src, idx) in self.indices.items()}
+
+    def key(self) -> str:
+        """A content key for (source data, split indices): what a feature cache or trained backbone depends on."""
+        h = hashlib.sha256(self.fingerprint.encode())
+        for name in SPLITS:
+            h.update(name.encode() + self.describe()[name]["indices_sha256"].encode())
+        return h.hexdigest()[:16]
+
+
+def make_splits(n_train_source: int, n_test_source: int | None, params: dict[str, Any]
+                ) -> dict[str, tuple[str, np.ndarray]]:
+    """Carve train / val / calib / test from the source splits with ``params['split_seed']``.
+
+    With ``holdout: train`` (or ``auto``), ``val`` and ``calib`` take ``round(n · fraction)`` rows of
+    the source's train split and ``train`` the rest; ``test`` is the source's test split. With
+    ``holdout: test``, they are carved from the test split instead and ``train`` is the whole train
+    split. A source without a test split (``n_test_source is None``) gives ``test`` from the train
+    split too (``test_fraction``). Deterministic for a seed.
+
+    Returns:
+        split name → (source split, sorted int64 row indices).
+
+    Raises:
+        ConfigError: fractions outside [0, 1), an unknown ``holdout``, or no rows left.
+    """
+    fr = {k: float(params[f"{k}_fraction"]) for k in ("val", "calib", "test")}
+    for k, v in fr.items():
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"dataset.{k}_fraction={v}: must be in [0, 1)")
+    holdout = params.get("holdout", "auto")
+    if holdout not in ("auto", "train", "test"):
+        raise ConfigError(f"dataset.holdout={holdout!r}: must be train, test or auto")
+    if n_test_source is None or holdout != "test":
+        pool_name, n_pool, rest_name = "train", n_train_source, "train"
+    else:
+        pool_name, n_pool, rest_name = "test", n_test_source, "test"
+    perm = np.random.default_rng(int(params["split_seed"])).permutation(n_pool)
+    sizes = {"val": round(n_pool * fr["val"]), "calib": round(n_pool * fr["calib"])}
+    if n_test_source is None:
+        sizes = {"test": round(n_pool * fr["test"]), **sizes}
+    if sum(sizes.values()) >= n_pool:
+        raise ConfigError(f"dataset split fractions {fr} leave no rows out of {n_pool}")
+    out, start = {}, 0
+    for name, size in sizes.items():
+        out[name] = (pool_name, np.sort(perm[start:start + size]))
+        start += size
+    rest = (rest_name, np.sort(perm[start:]))
+    if pool_name == "test":
+        out["test"], out["train"] = rest, ("train", np.arange(n_train_source))
+    else:
+        out["train"] = rest
+        if n_test_source is not None:
+            out["test"] = ("test", np.arange(n_test_source))
+    return {name: out[name] for name in SPLITS}
+
+
+def load_splits(name: str, params: dict[str, Any] | None = None, data_dir: Path | None = None,
+                cache_dir: Path | None = None) -> DataSplits:
+    """Load dataset ``name`` and carve its four splits.
+
+    Args:
+        name: a registered dataset name or alias.
+        params: dataset parameters (defaults from the spec fill the rest).
+        data_dir: a local mirror root, or None for the hub / bundled source.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered.
+        DataUnavailableError: the data cannot be reached.
+    """
+    spec = DATASETS.get(name)
+    params = {**spec.default_parameters(), **(params or {})}
+    source, fingerprint = load_source(spec, data_dir, cache_dir)
+    n_test = len(source["test"]) if "test" in source else None
+    indices = make_splits(len(source["train"]), n_test, params)
+    return DataSplits(spec, source, indices, fingerprint, params)
+
+
+# --------------------------------------------------------------------------------------------
+# images → tensors
+class ImageDataset(TorchDataset):
+    """A hub-schema image split as ``(image_tensor, label)`` pairs through a timm transform.
+
+    Args:
+        split: the rows (an ``Image`` column and a ``ClassLabel`` column).
+        transform: a timm/torchvision transform, PIL image → tensor ``[C, H, W]``.
+        mode: PIL mode the image is converted to first ("RGB" for 3 input channels, "L" for 1).
+    """
+
+    def __init__(self, split: datasets.Dataset, image_column: str, label_column: str,
+                 transform: Callable, mode: str):
+        self.split, self.transform, self.mode = split, transform, mode
+        self.image_column, self.label_column = image_column, label_column
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        row = self.split[int(i)]
+        return self.transform(row[self.image_column].convert(self.mode)), int(row[self.label_column])
+
+
+# --------------------------------------------------------------------------------------------
+# the offline default
+def _build_digits(data_dir: Path | None = None, cache_dir: Path | None = None) -> tuple[datasets.DatasetDict, str]:
+    """scikit-learn's bundled ``digits`` (1,797 8×8 images, 17 grey levels) in the MNIST hub schema."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=[str(i) for i in range(10)])})
+    ds = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": bunch.target.tolist()},
+        features=features)
+    fingerprint = hashlib.sha256(pixels.tobytes() + bunch.target.astype(np.int64).tobytes()).hexdigest()[:16]
+    return datasets.DatasetDict({"train": ds}), fingerprint
+
+
+register_dataset(DatasetSpec(
+    name="digits", hub_id=None, num_classes=10, default_backbone="vit_digits", builder=_build_digits,
+    description="scikit-learn digits, 1,797 8x8 images, bundled (offline default)"))
+register_dataset(DatasetSpec(
+    name="mnist", hub_id="ylecun/mnist", num_classes=10, default_backbone="t2t_vit_7",
+    description="MNIST, 60k/10k 28x28 grey digits"))
+register_dataset(DatasetSpec(
+    name="cifar10", hub_id="uoft-cs/cifar10", num_classes=10, default_backbone="cifar_resnet56",
+    image_column="img", description="CIFAR-10, 50k/10k 32x32 colour images"), aliases=("cifar-10",))

@@ -1,0 +1,132 @@
+"""The method plugin API.
+
+A method is a file in ``methods/`` defining a subclass of :class:`ExitMethod` decorated with
+:func:`register_method`. It declares its name, parameters with defaults, the grid a sweep
+expands and a tiny test configuration, and implements :meth:`ExitMethod.fit`, which trains on
+the cached features of ``train`` (and may select on ``val``) and returns a :class:`FittedMethod`.
+The fitted method turns the features of any split into :class:`OperatingPoint` objects. Nothing
+in a method reads files, parses arguments or computes metrics (``design.md``).
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from eebench.costs import CostProfile
+from eebench.features import SplitFeatures
+from eebench.registry import Registry
+
+
+@dataclass
+class ExitTask:
+    """Everything a method may use to fit: never the ``calib`` or ``test`` split.
+
+    Attributes:
+        train, val: cached features of the two splits a method may see.
+        num_classes: C.
+        costs: the backbone's cost profile (blocks and IMs, in Mul-Adds).
+        im_factory: ``k -> nn.Module``, a fresh IM for exit k < K (the backbone's IM design).
+    """
+
+    train: SplitFeatures
+    val: SplitFeatures
+    num_classes: int
+    costs: CostProfile
+    im_factory: Callable[[int], nn.Module]
+
+    @property
+    def num_exits(self) -> int:
+        """K (exit K is the backbone's own frozen classifier)."""
+        return self.costs.num_exits
+
+    def make_ims(self) -> nn.ModuleList:
+        """Fresh IMs for exits 1..K−1, ``ModuleList`` of K−1 modules."""
+        return nn.ModuleList(self.im_factory(k) for k in range(1, self.num_exits))
+
+
+@dataclass
+class OperatingPoint:
+    """What a method answers for one setting of its trade-off knob, on one split.
+
+    Attributes:
+        setting: the knob, e.g. ``{"lambda": 0.5}`` or ``{"q": 0.75}``; the same keys and order
+            across splits, so that points of ``calib`` and ``test`` pair up.
+        exit_index: ``[N]`` int64, the exit (0-based, 0..K−1) each sample leaves at.
+        exit_probs: ``[N, K, C]`` float32, the probability vector each exit would answer
+            (the answered one is ``exit_probs[n, exit_index[n]]``); may be shared between points.
+        gate_muladds: K−1 ints, Mul-Adds of the gate evaluated at each exit k < K.
+    """
+
+    setting: dict[str, Any]
+    exit_index: np.ndarray
+    exit_probs: torch.Tensor
+    gate_muladds: list[int] = field(default_factory=list)
+
+    @property
+    def answered_probs(self) -> torch.Tensor:
+        """``[N, C]``: the probability vector answered by each sample's exit."""
+        idx = torch.as_tensor(self.exit_index, dtype=torch.long)
+        return self.exit_probs[torch.arange(len(idx)), idx]
+
+
+class FittedMethod:
+    """A trained method: maps the features of any split to its operating points."""
+
+    #: Mul-Adds of the gate at each exit k < K (zeros for a confidence threshold).
+    gate_muladds: list[int]
+
+    def predict(self, split: SplitFeatures) -> list[OperatingPoint]:
+        """Operating points for every sample of ``split``, one per knob setting."""
+        raise NotImplementedError
+
+
+class ExitMethod:
+    """Base class of a method plugin.
+
+    Class attributes:
+        name: CLI name (``--method``).
+        paper: the source, e.g. "Regol et al., ICLR 2024".
+        parameters: every parameter with its default; ``--set method.KEY=VALUE`` overrides.
+        grid: parameters a sweep expands, name → list of values.
+        test_parameters: overrides for a tiny configuration (CI, smoke grids).
+    """
+
+    name: ClassVar[str]
+    paper: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    parameters: ClassVar[dict[str, Any]] = {}
+    grid: ClassVar[dict[str, list[Any]]] = {}
+    test_parameters: ClassVar[dict[str, Any]] = {}
+
+    def fit(self, task: ExitTask, params: dict[str, Any], seed: int) -> FittedMethod:
+        """Train on ``task.train`` (select on ``task.val``) and return the fitted method.
+
+        Raises:
+            NonFiniteLossError: a loss became NaN or infinite.
+        """
+        raise NotImplementedError
+
+
+METHODS: Registry[ExitMethod] = Registry("method")
+
+
+def register_method(cls: type[ExitMethod]) -> type[ExitMethod]:
+    """Class decorator: register an instance of ``cls`` under ``cls.name``."""
+    METHODS.register(cls.name, cls(), tuple(cls.aliases))
+    return cls
+
+
+def load_methods() -> Registry[ExitMethod]:
+    """Import every plugin module of the ``methods`` package (each registers itself)."""
+    import methods
+
+    for info in pkgutil.iter_modules(methods.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"methods.{info.name}")
+    return METHODS

@@ -1,0 +1,64 @@
+"""Name registries with aliases and "did you mean" (in the manner of lm-evaluation-harness)."""
+from __future__ import annotations
+
+import difflib
+from typing import Generic, Iterator, TypeVar
+
+from eebench.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A mapping from canonical names (and aliases) to registered objects.
+
+    Args:
+        kind: what is registered ("method", "dataset", "backbone"); used in error messages.
+
+    Raises:
+        UnknownNameError: from :meth:`get` for a name that is neither registered nor an alias.
+        ValueError: from :meth:`register` when a name or alias is registered twice.
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(self, name: str, obj: T, aliases: tuple[str, ...] = ()) -> T:
+        for key in (name, *aliases):
+            if key in self._items or key in self._aliases:
+                raise ValueError(f"{self.kind} '{key}' is registered twice")
+        self._items[name] = obj
+        for alias in aliases:
+            self._aliases[alias] = name
+        return obj
+
+    def canonical(self, name: str) -> str:
+        """Return the canonical name for ``name`` or an alias of it."""
+        if name in self._items:
+            return name
+        if name in self._aliases:
+            return self._aliases[name]
+        folded = name.lower().replace("_", "-")
+        for key in [*self._items, *self._aliases]:
+            if key.lower().replace("_", "-") == folded:
+                return self._aliases.get(key, key)
+        close = difflib.get_close_matches(name, [*self._items, *self._aliases], n=1, cutoff=0.6)
+        suggestion = self._aliases.get(close[0], close[0]) if close else None
+        raise UnknownNameError(self.kind, name, self.names(), suggestion)
+
+    def get(self, name: str) -> T:
+        return self._items[self.canonical(name)]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def aliases_of(self, name: str) -> list[str]:
+        return sorted(a for a, n in self._aliases.items() if n == name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items or name in self._aliases
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

@@ -1,0 +1,181 @@
+"""One run: dataset → frozen backbone → feature cache → method → operating points → metrics → record."""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from eebench import paths
+from eebench.backbone_training import eval_transform, image_dataset
+from eebench.backbones import BACKBONES, load_backbone
+from eebench.config import RunConfig
+from eebench.costs import CostProfile, profile_exits
+from eebench.data import SPLITS, DataSplits, load_splits
+from eebench.features import FeatureCache, SplitFeatures, extract, feature_key, state_dict_sha256
+from eebench.method import ExitTask, load_methods
+from eebench.metrics import evaluate
+from eebench.records import git_revision, versions, write_json, write_npz
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    """Where things are and how the backbone pass runs; none of it changes the numbers."""
+
+    data_dir: Path | None = None
+    weights_dir: Path | None = None
+    cache_dir: Path | None = None
+    out_dir: Path = Path("runs")
+    batch_size: int = 256
+    num_workers: int = 1
+
+
+@dataclass
+class Prepared:
+    """A dataset's features through a backbone, and what they came from."""
+
+    splits: DataSplits
+    adapter: Any
+    features: dict[str, SplitFeatures]
+    costs: CostProfile
+    key: str
+    reused: bool
+    weights: dict[str, str]
+
+
+class Timer:
+    """Seconds per named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any], options: RunOptions,
+                     timer: Timer | None = None) -> Prepared:
+    """Load the data and the frozen backbone; reuse or build the feature cache and the cost profile.
+
+    Raises:
+        DataUnavailableError, UsageError, CorruptCacheError: see :func:`load_splits`,
+            :func:`load_backbone`, :meth:`FeatureCache.load`.
+    """
+    timer = timer or Timer()
+    cache_root = paths.cache_dir(options.cache_dir)
+    with timer.stage("data"):
+        splits = load_splits(dataset, dataset_params, paths.data_dir(options.data_dir), cache_root)
+    with timer.stage("backbone"):
+        model, source = load_backbone(backbone, splits, paths.weights_dir(options.weights_dir), cache_root)
+        adapter = BACKBONES.get(backbone).adapter(model)
+        transform = eval_transform(model)
+        weights_sha = state_dict_sha256(model)
+    key = feature_key(weights=weights_sha, data=splits.key(), preprocessing=repr(transform),
+                      exits=adapter.exits_doc, im_dims=adapter.im_dims, backbone=backbone)
+    cache = FeatureCache(cache_root)
+    with timer.stage("features"):
+        if cache.exists(key):
+            features, meta = cache.load(key)
+            log.info("features: reusing cache %s (%s)", key, cache.path(key))
+            reused = True
+        else:
+            log.info("features: building cache %s: one backbone pass over %s", key,
+                     ", ".join(f"{s} ({len(splits.indices[s][1])})" for s in SPLITS))
+            features = {s: extract(adapter, image_dataset(splits, s, transform, model), options.batch_size,
+                                   options.num_workers, desc=f"features {s}") for s in SPLITS}
+            example = image_dataset(splits, "test", transform, model)[0][0][None]
+            costs = profile_exits(adapter, example, splits.spec.num_classes)
+            meta = {"costs": costs.to_dict(), "dataset": dataset, "backbone": backbone, "weights_sha256": weights_sha,
+                    "weights_source": source, "num_exits": adapter.num_blocks, "data_key": splits.key()}
+            cache.save(key, features, meta)
+            reused = False
+    costs = CostProfile(meta["costs"]["block_muladds"], meta["costs"]["im_muladds"])
+    return Prepared(splits, adapter, features, costs, key, reused,
+                    {"source": source, "sha256": weights_sha})
+
+
+def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
+    """Run one configuration end to end and write ``OUT/<run-id>/record.json`` atomically.
+
+    The per-sample arrays (exit, prediction, confidence per operating point on ``test``) go to
+    ``samples.npz`` beside it, written before the record, so a record always has its samples.
+    A run that fails writes nothing.
+
+    Returns:
+        the record (a dict, see the README for its fields).
+    """
+    timer = Timer()
+    t_start = time.perf_counter()
+    method = load_methods().get(config.method)
+    prep = prepare_features(config.dataset, config.backbone, config.dataset_params, options, timer)
+    f, C = prep.features, prep.splits.spec.num_classes
+    task = ExitTask(f["train"], f["val"], C, prep.costs, lambda k: prep.adapter.make_im(k, C))
+    torch.manual_seed(config.seed)
+    with timer.stage("fit"):
+        fitted = method.fit(task, config.method_params, config.seed)
+    with timer.stage("predict"):
+        points = {s: fitted.predict(f[s]) for s in ("val", "calib", "test")}
+    with timer.stage("metrics"):
+        labels = {s: f[s].labels.numpy() for s in ("val", "calib", "test")}
+        rows = []
+        for p_test, p_calib, p_val in zip(points["test"], points["calib"], points["val"]):
+            costs = prep.costs.exit_costs(p_test.gate_muladds)
+            muladds = prep.costs.exit_muladds(p_test.gate_muladds)
+            m = evaluate(p_test, labels["test"], p_calib, labels["calib"], costs, muladds)
+            v = evaluate(p_val, labels["val"], None, None, costs, muladds)
+            rows.append({"setting": p_test.setting, **m,
+                         "val": {"accuracy": v["accuracy"], "cost": v["cost"], "ece": v["ece"]}})
+    backbone_acc = float((f["test"].logits.argmax(1) == f["test"].labels).float().mean())
+    timer.seconds["total"] = round(time.perf_counter() - t_start, 3)
+    record = {
+        "run_id": config.run_id,
+        "config": config.to_dict(),
+        "backbone_accuracy": backbone_acc,
+        "backbone_val_accuracy": float((f["val"].logits.argmax(1) == f["val"].labels).float().mean()),
+        "backbone": {"name": config.backbone, "weights": prep.weights, "exits": prep.adapter.exits_doc,
+                     "num_exits": prep.costs.num_exits, "im_dims": prep.adapter.im_dims,
+                     "muladds": prep.costs.backbone_muladds, "cost_profile": prep.costs.to_dict()},
+        "num_classes": C,
+        "splits": prep.splits.describe(),
+        "features": {"key": prep.key, "reused": prep.reused},
+        "exit_costs": prep.costs.exit_costs(points["test"][0].gate_muladds).tolist() if points["test"] else [],
+        "operating_points": rows,
+        "versions": versions(),
+        "git_revision": git_revision(),
+        "device": "cpu",
+        "timings": timer.seconds,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = Path(options.out_dir) / config.run_id
+    answered = [p.answered_probs for p in points["test"]]
+    write_npz(out / "samples.npz", labels=labels["test"].astype(np.int16),
+              exit_index=np.stack([p.exit_index for p in points["test"]]).astype(np.int16),
+              prediction=np.stack([a.argmax(1).numpy() for a in answered]).astype(np.int16),
+              confidence=np.stack([a.amax(1).numpy() for a in answered]).astype(np.float16))
+    write_json(out / "record.json", record)
+    return record
+
+
+def summary_table(record: dict[str, Any]) -> str:
+    """A short text table of the operating points: setting, cost, accuracy, ECE, inefficiency."""
+    import pandas as pd
+
+    rows = []
+    for p in record["operating_points"]:
+        shares = np.asarray(p["exit_shares"])
+        rows.append({**{k: v for k, v in p["setting"].items()}, "cost": p["cost"], "acc %": 100 * p["accuracy"],
+                     "ECE %": 100 * p["ece"], "ineff@95": p.get("inefficiency_at_95"),
+                     "val acc %": 100 * p["val"]["accuracy"], "top exit": f"{shares.argmax() + 1} ({shares.max():.0%})"})
+    df = pd.DataFrame(rows)
+    return df.to_string(index=False, float_format=lambda x: f"{x:.3f}")

@@ -15,16 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from eebench.data import DataSplits, ImageDataset
+from filelock import FileLock
+
+from eebench.data import DataSplits
 from eebench.errors import ConfigError, CorruptCacheError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -54,36 +54,6 @@ def checkpoint_path(cache_dir: Path, backbone: str, splits: DataSplits) -> Path:
     return checkpoint_dir(cache_dir, backbone, splits) / "model.safetensors"
 
 
-def image_mode(model: nn.Module) -> str:
-    """PIL mode matching the model's input channels ("L" for 1, "RGB" for 3)."""
-    return "L" if timm.data.resolve_data_config(model=model)["input_size"][0] == 1 else "RGB"
-
-
-def eval_transform(model: nn.Module) -> Any:
-    """The model's timm evaluation transform (resize, centre crop, to tensor, normalise)."""
-    return timm.data.create_transform(**timm.data.resolve_data_config(model=model), is_training=False)
-
-
-def train_transform(model: nn.Module, augment: str) -> Any:
-    """Augmentation on the PIL image (torchvision), then the evaluation transform.
-
-    Raises:
-        ConfigError: unknown ``augment``.
-    """
-    size = timm.data.resolve_data_config(model=model)["input_size"][1:]
-    steps = {"none": [], "crop": [T.Resize(size), T.RandomCrop(size, padding=size[0] // 8)],
-             "crop_flip": [T.Resize(size), T.RandomCrop(size, padding=size[0] // 8), T.RandomHorizontalFlip()]}
-    if augment not in steps:
-        raise ConfigError(f"recipe augment={augment!r}: must be one of {', '.join(steps)}")
-    return T.Compose([*steps[augment], eval_transform(model)])
-
-
-def image_dataset(splits: DataSplits, name: str, transform: Any, model: nn.Module) -> ImageDataset:
-    """Split ``name`` of ``splits`` as ``(tensor, label)`` pairs through ``transform``."""
-    spec = splits.spec
-    return ImageDataset(splits.split(name), spec.image_column, spec.label_column, transform, image_mode(model))
-
-
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, loader: DataLoader) -> float:
     """Top-1 accuracy of ``model`` over ``loader`` (a fraction)."""
@@ -103,6 +73,21 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 def train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, overrides: dict[str, Any] | None = None,
                    weights_dir: Path | None = None) -> Path:
+    """Train under a file lock: a second process for the same (backbone, dataset, splits) waits,
+    then resumes from (or finds) the first one's checkpoint. See :func:`_train_backbone`."""
+    from eebench.backbones import BACKBONES
+
+    folder = checkpoint_dir(cache_dir, BACKBONES.get(backbone).name, splits)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".lock")):
+        final = checkpoint_path(cache_dir, BACKBONES.get(backbone).name, splits)
+        if final.exists() and not overrides:
+            return final
+        return _train_backbone(backbone, splits, cache_dir, overrides, weights_dir)
+
+
+def _train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, overrides: dict[str, Any] | None = None,
+                    weights_dir: Path | None = None) -> Path:
     """Train ``backbone`` on ``splits['train']``, select on ``splits['val']``; resumable.
 
     Args:
@@ -137,11 +122,13 @@ def train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, overrides
         raise ConfigError(f"recipe init={recipe['init']!r}: must be scratch or pretrained")
 
     workers = recipe["num_workers"]
-    train_loader = DataLoader(image_dataset(splits, "train", train_transform(model, recipe["augment"]), model),
+    pipeline = spec.pipeline
+    train_loader = DataLoader(pipeline.dataset(splits, "train", model, recipe["augment"]),
                               batch_size=recipe["batch_size"], shuffle=True, num_workers=workers, drop_last=True,
-                              generator=torch.Generator().manual_seed(recipe["seed"]), persistent_workers=workers > 0)
-    val_loader = DataLoader(image_dataset(splits, "val", eval_transform(model), model), batch_size=256,
-                            num_workers=workers)
+                              collate_fn=pipeline.collate_fn, persistent_workers=workers > 0,
+                              generator=torch.Generator().manual_seed(recipe["seed"]))
+    val_loader = DataLoader(pipeline.dataset(splits, "val", model), batch_size=256, num_workers=workers,
+                            collate_fn=pipeline.collate_fn)
     total = recipe["epochs"] * len(train_loader)
     if recipe["optimizer"] == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],

@@ -1,7 +1,13 @@
-"""The ``eebench`` command line: ``run``, ``list``, ``backbone train``."""
+"""The ``eebench`` command line: ``run``, ``list``, ``backbone train``, and the commands of the
+modules in :data:`COMMAND_MODULES`.
+
+A command module defines ``add_commands(subparsers)``, registering its parsers with
+``set_defaults(handler=...)``; a handler takes the parsed arguments and returns the exit status.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -10,8 +16,12 @@ from eebench.errors import EEBenchError
 
 log = logging.getLogger("eebench")
 
+#: Modules that add sub-commands (each defines ``add_commands(subparsers)``).
+COMMAND_MODULES: list[str] = []
 
-def _common(p: argparse.ArgumentParser) -> None:
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """``--data-dir``, ``--weights-dir``, ``--cache-dir`` and ``--set``, shared by every command."""
     p.add_argument("--data-dir", type=Path, help="local mirror: DIR/<dataset>/{train,test}.parquet (env EEBENCH_DATA_DIR)")
     p.add_argument("--weights-dir", type=Path, help="folder with published checkpoint files (env EEBENCH_WEIGHTS_DIR)")
     p.add_argument("--cache-dir", type=Path, help="feature/backbone cache root (env EEBENCH_CACHE_DIR, default ~/.cache/eebench)")
@@ -32,17 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("runs"), help="output folder for run records (default ./runs)")
     run.add_argument("--batch-size", type=int, default=256, help="batch size of the backbone pass")
     run.add_argument("--num-workers", type=int, default=1, help="data-loading workers of the backbone pass")
-    _common(run)
+    add_common_options(run)
+    run.set_defaults(handler=cmd_run)
 
     lst = sub.add_parser("list", help="list methods, datasets and backbones")
     lst.add_argument("what", nargs="?", choices=["methods", "datasets", "backbones"], help="one kind only")
+    lst.set_defaults(handler=cmd_list)
 
     bb = sub.add_parser("backbone", help="backbone commands")
     bsub = bb.add_subparsers(dest="backbone_command", required=True)
     tr = bsub.add_parser("train", help="train or fine-tune a backbone on a dataset (checkpoint chosen on val)")
     tr.add_argument("--backbone", required=True)
     tr.add_argument("--dataset", required=True)
-    _common(tr)
+    add_common_options(tr)
+    tr.set_defaults(handler=cmd_backbone_train)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 
@@ -121,17 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "list":
-            return cmd_list(args)
-        if args.command == "backbone" and args.backbone_command == "train":
-            return cmd_backbone_train(args)
+        return int(args.handler(args))
     except EEBenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    parser.error("unknown command")
-    return 2
 
 
 if __name__ == "__main__":

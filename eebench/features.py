@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -120,6 +121,10 @@ class FeatureCache:
 
     def path(self, key: str) -> Path:
         return self.root / key
+
+    def lock(self, key: str) -> FileLock:
+        """A lock for building entry ``key``: concurrent runs wait for one build, then reuse it."""
+        return FileLock(str(self.root / f".{key}.lock"))
 
     def exists(self, key: str) -> bool:
         return (self.path(key) / "meta.json").exists()

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from eebench import paths
-from eebench.backbone_training import eval_transform, image_dataset
 from eebench.backbones import BACKBONES, load_backbone
 from eebench.config import RunConfig
 from eebench.costs import CostProfile, profile_exits
@@ -77,14 +76,14 @@ def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any]
     with timer.stage("data"):
         splits = load_splits(dataset, dataset_params, paths.data_dir(options.data_dir), cache_root)
     with timer.stage("backbone"):
+        spec = BACKBONES.get(backbone)
         model, source = load_backbone(backbone, splits, paths.weights_dir(options.weights_dir), cache_root)
-        adapter = BACKBONES.get(backbone).adapter(model)
-        transform = eval_transform(model)
+        adapter = spec.adapter(model)
         weights_sha = state_dict_sha256(model)
-    key = feature_key(weights=weights_sha, data=splits.key(), preprocessing=repr(transform),
-                      exits=adapter.exits_doc, im_dims=adapter.im_dims, backbone=backbone)
+    key = feature_key(weights=weights_sha, data=splits.key(), preprocessing=spec.pipeline.describe(model),
+                      exits=adapter.exits_doc, im_dims=adapter.im_dims, backbone=spec.name)
     cache = FeatureCache(cache_root)
-    with timer.stage("features"):
+    with timer.stage("features"), cache.lock(key):
         if cache.exists(key):
             features, meta = cache.load(key)
             log.info("features: reusing cache %s (%s)", key, cache.path(key))
@@ -92,11 +91,11 @@ def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any]
         else:
             log.info("features: building cache %s: one backbone pass over %s", key,
                      ", ".join(f"{s} ({len(splits.indices[s][1])})" for s in SPLITS))
-            features = {s: extract(adapter, image_dataset(splits, s, transform, model), options.batch_size,
-                                   options.num_workers, desc=f"features {s}") for s in SPLITS}
-            example = image_dataset(splits, "test", transform, model)[0][0][None]
-            costs = profile_exits(adapter, example, splits.spec.num_classes)
-            meta = {"costs": costs.to_dict(), "dataset": dataset, "backbone": backbone, "weights_sha256": weights_sha,
+            features = {s: extract(adapter, spec.pipeline.dataset(splits, s, model), options.batch_size,
+                                   options.num_workers, desc=f"features {s}", collate_fn=spec.pipeline.collate_fn)
+                        for s in SPLITS}
+            costs = profile_exits(adapter, spec.pipeline.example(splits, model), splits.spec.num_classes)
+            meta = {"costs": costs.to_dict(), "dataset": dataset, "backbone": spec.name, "weights_sha256": weights_sha,
                     "weights_source": source, "num_exits": adapter.num_blocks, "data_key": splits.key()}
             cache.save(key, features, meta)
             reused = False

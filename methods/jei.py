@@ -181,22 +181,25 @@ class JEI(ExitMethod):
                      params: dict[str, Any], schedule: SGDSchedule, gen: torch.Generator, bar: tqdm) -> None:
         train = task.train
         total = schedule.epochs * schedule.steps_per_epoch(train.n)
-        opt_im, sched_im = schedule.build(ims.parameters(), total)
-        opt_gate, sched_gate = schedule.build(gates.parameters(), total)
+        every = params["alternate_every"]
+        gate_steps = sum((s // every) % 2 == 0 for s in range(total))
+        # each optimiser's cosine runs over the steps of its own phase
+        opt_im, sched_im = schedule.build(ims.parameters(), total - gate_steps)
+        opt_gate, sched_gate = schedule.build(gates.parameters(), gate_steps)
         step = 0
         for epoch in range(schedule.epochs):
             pos_weight = torch.tensor(self._pos_weight(ims, task.val, lam, costs, params["pos_weight_cap"]))
             ims.train()
             for idx in minibatches(train.n, schedule.batch_size, gen):
                 y = train.labels[idx]
-                gate_phase = (step // params["alternate_every"]) % 2 == 0
+                gate_phase = (step // every) % 2 == 0
                 if gate_phase:
                     with torch.no_grad():
                         z = im_logits(ims, train, idx)
                         ce = per_exit_ce(torch.stack([*z, train.logits[idx]], 1), y)
                     loss = F.binary_cross_entropy_with_logits(gates(z), gate_targets(ce, costs, lam),
                                                               pos_weight=pos_weight)
-                    opt = opt_gate
+                    opt, sched = opt_gate, sched_gate
                 else:
                     z = im_logits(ims, train, idx)
                     ce = torch.stack([F.cross_entropy(zl, y, reduction="none") for zl in z], 1)  # [B, K-1]
@@ -206,12 +209,11 @@ class JEI(ExitMethod):
                         loss = (P[:, :-1] * ce).sum(1).mean()
                     else:
                         loss = ce.mean()
-                    opt = opt_im
+                    opt, sched = opt_im, sched_im
                 check_finite(loss, f"jei (lambda={lam}), epoch {epoch + 1}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sched_im.step()
-                sched_gate.step()
+                sched.step()
                 step += 1
             bar.update(1)

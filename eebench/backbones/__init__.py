@@ -22,6 +22,7 @@ from torch import nn
 from eebench.backbones import cifar_resnet, vit  # noqa: F401  (registers the timm models)
 from eebench.backbones.base import ExitAdapter
 from eebench.errors import DataUnavailableError, UsageError
+from eebench.pipelines import ImagePipeline, InputPipeline
 from eebench.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class BackboneSpec:
         pretrained_on: the dataset the published checkpoint was trained on.
         recipe: training recipe for :mod:`eebench.backbone_training` (overrides of its defaults).
         train_on_first_use: train here without being asked when no checkpoint exists.
+        pipeline: how dataset rows become inputs (images by default).
     """
 
     name: str
@@ -48,6 +50,7 @@ class BackboneSpec:
     pretrained_on: str | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     train_on_first_use: bool = False
+    pipeline: InputPipeline = field(default_factory=ImagePipeline)
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")

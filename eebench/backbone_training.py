@@ -1,16 +1,27 @@
 """Training a registered backbone on a dataset: from scratch, or fine-tuning its published weights.
 
-SGD with momentum (or AdamW where a recipe says so), a per-step cosine schedule, standard
-augmentation (random crop with 4-pixel padding, plus horizontal flips where a flip preserves the
-class), selection of the checkpoint on ``val`` — never on ``test``. Resumable: the state after
-every epoch is written atomically to ``last.pt`` and a new call continues from it. The selected
-weights go to ``model.safetensors`` under ``<cache>/backbones/<backbone>/<dataset>-<split key>/``.
+SGD with momentum (or AdamW where a recipe says so), a per-step cosine schedule after an optional
+linear warm-up, standard augmentation (random crop with 1/8-side padding, plus horizontal flips
+where a flip preserves the class), selection of the checkpoint on ``val`` — never on ``test``.
+Fine-tuning can give the pretrained part a smaller learning rate than the new classifier
+(``backbone_lr_ratio``, the transfer ratio of the T2T-ViT and JEI-DNN code). The input resolution
+and normalisation of a (backbone, dataset) pair are the recipe's ``input_cfg`` (an overlay of the
+model's timm data config), so a model trained at 28 px is rebuilt at 28 px when it is loaded.
+Resumable: the state after every epoch is written atomically to ``last.pt`` and a new call
+continues from it (a finished run is not repeated). The selected weights go to
+``model.safetensors`` under ``<cache>/backbones/<backbone>/<dataset>-<split key>/``, with the
+recipe and the history in ``meta.json``. Runs on the GPU when there is one.
+
+The recipe of a run is :data:`RECIPE_DEFAULTS`, then the backbone's ``recipe``, then its
+``dataset_recipes[dataset]``, then ``--set`` overrides (:func:`default_recipe`).
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +37,7 @@ from filelock import FileLock
 
 from eebench.data import DataSplits
 from eebench.errors import ConfigError, CorruptCacheError, NonFiniteLossError
+from eebench.records import write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +54,59 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "init": "scratch",         # scratch | pretrained (fine-tune the published weights)
     "seed": 0,
     "num_workers": 1,
+    "warmup_epochs": 0,        # linear warm-up of the learning rate before the cosine
+    "backbone_lr_ratio": 1.0,  # learning rate of everything but the classifier, relative to lr
+    "drop_path_rate": None,    # stochastic depth while training (None: the model's default)
+    "input_cfg": {},           # overlay of the model's data config: input_size [C, H, W], crop_pct, mean, std, ...
 }
+
+
+def default_recipe(backbone: str, dataset: str) -> dict[str, Any]:
+    """The recipe of (backbone, dataset) before ``--set`` overrides: :data:`RECIPE_DEFAULTS`, the
+    backbone's ``recipe``, its ``dataset_recipes[dataset]``."""
+    from eebench.backbones import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    return {**RECIPE_DEFAULTS, **spec.recipe, **spec.dataset_recipes.get(dataset, {})}
+
+
+def model_config(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's ``input_cfg`` as a timm ``pretrained_cfg_overlay`` (lists become tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in (recipe.get("input_cfg") or {}).items()}
+
+
+def build_model(backbone: str, num_classes: int, recipe: dict[str, Any], weights_dir: Path | None = None,
+                training: bool = False) -> nn.Module:
+    """The model a recipe trains or has trained: published weights for ``init: pretrained`` (with a
+    fresh classifier of ``num_classes``), the recipe's input config, stochastic depth when ``training``.
+
+    Raises:
+        ConfigError: an unknown ``init``.
+        DataUnavailableError: the published weights cannot be reached.
+    """
+    from eebench.backbones import create_model
+
+    kwargs: dict[str, Any] = {"pretrained_cfg_overlay": model_config(recipe) or None}
+    if training and recipe.get("drop_path_rate") is not None:
+        kwargs["drop_path_rate"] = float(recipe["drop_path_rate"])
+    if training and recipe["init"] == "pretrained":
+        model = create_model(backbone, num_classes, pretrained=True, weights_dir=weights_dir, **kwargs)
+        if model.get_classifier().out_features != num_classes:
+            model.reset_classifier(num_classes)
+        return model
+    if recipe["init"] not in ("scratch", "pretrained"):
+        raise ConfigError(f"recipe init={recipe['init']!r}: must be scratch or pretrained")
+    return create_model(backbone, num_classes, **kwargs)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based): linear warm-up from
+    1/warmup_steps to 1 over ``warmup_steps``, then cosine from 1 to 0 over the remaining steps
+    (SGDR without restarts, Loshchilov & Hutter 2017)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
 
 def checkpoint_dir(cache_dir: Path, backbone: str, splits: DataSplits) -> Path:
@@ -58,11 +122,17 @@ def checkpoint_path(cache_dir: Path, backbone: str, splits: DataSplits) -> Path:
 def evaluate_accuracy(model: nn.Module, loader: DataLoader) -> float:
     """Top-1 accuracy of ``model`` over ``loader`` (a fraction)."""
     model.eval()
+    device = next(model.parameters()).device
     correct = total = 0
     for x, y in loader:
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((model(_to(x, device)).argmax(1).cpu() == y).sum())
         total += len(y)
     return correct / max(total, 1)
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    """A batch's inputs on ``device`` (a tensor, or an object with ``.to``, e.g. a graph batch)."""
+    return x.to(device) if device.type != "cpu" and hasattr(x, "to") else x
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -72,7 +142,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, overrides: dict[str, Any] | None = None,
-                   weights_dir: Path | None = None) -> Path:
+                   weights_dir: Path | None = None, stop_after: int | None = None) -> Path:
     """Train under a file lock: a second process for the same (backbone, dataset, splits) waits,
     then resumes from (or finds) the first one's checkpoint. See :func:`_train_backbone`."""
     from eebench.backbones import BACKBONES
@@ -81,18 +151,29 @@ def train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, overrides
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / ".lock")):
         final = checkpoint_path(cache_dir, BACKBONES.get(backbone).name, splits)
-        if final.exists() and not overrides:
+        if final.exists() and not overrides and stop_after is None and is_complete(folder):
             return final
-        return _train_backbone(backbone, splits, cache_dir, overrides, weights_dir)
+        return _train_backbone(backbone, splits, cache_dir, overrides, weights_dir, stop_after)
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether the checkpoint in ``folder`` finished its recipe's schedule (not a ``stop_after`` part)."""
+    try:
+        return bool(json.loads((folder / "meta.json").read_text()).get("complete", True))
+    except (OSError, ValueError):
+        return True
 
 
 def _train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, overrides: dict[str, Any] | None = None,
-                    weights_dir: Path | None = None) -> Path:
+                    weights_dir: Path | None = None, stop_after: int | None = None) -> Path:
     """Train ``backbone`` on ``splits['train']``, select on ``splits['val']``; resumable.
 
     Args:
-        overrides: recipe keys on top of :data:`RECIPE_DEFAULTS` and the backbone's recipe.
+        overrides: recipe keys on top of :func:`default_recipe` (backbone and dataset defaults).
         weights_dir: where published weights are, for ``init: pretrained``.
+        stop_after: stop after this epoch of the recipe's schedule (a CPU session's time box; the
+            learning rate follows the full schedule), still writing the checkpoint selected on val
+            so far; ``meta.json`` says ``complete: false`` and a later call resumes to the end.
 
     Returns:
         the path of the selected weights (``model.safetensors``).
@@ -100,26 +181,37 @@ def _train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, override
     Raises:
         ConfigError: an unknown recipe key or value.
         NonFiniteLossError: the loss became NaN or infinite.
+        DataUnavailableError: ``init: pretrained`` and the published weights cannot be reached.
     """
-    from eebench.backbones import BACKBONES, create_model
+    from eebench.backbones import BACKBONES
 
     spec = BACKBONES.get(backbone)
-    recipe = {**RECIPE_DEFAULTS, **spec.recipe, **(overrides or {})}
+    recipe = {**default_recipe(spec.name, splits.spec.name), **(overrides or {})}
     unknown = set(recipe) - set(RECIPE_DEFAULTS)
     if unknown:
         raise ConfigError(f"unknown recipe key(s) {sorted(unknown)}; valid: {', '.join(RECIPE_DEFAULTS)}")
+    if recipe["optimizer"] not in ("sgd", "adamw"):
+        raise ConfigError(f"recipe optimizer={recipe['optimizer']!r}: must be sgd or adamw")
     folder = checkpoint_dir(cache_dir, spec.name, splits)
     folder.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_path(cache_dir, spec.name, splits)
+    last = folder / "last.pt"
+    ckpt = None
+    if last.exists():
+        try:
+            ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise CorruptCacheError(f"cannot resume from {last} ({type(e).__name__}); delete it to start over") from e
+        if ckpt["recipe"] != recipe:
+            log.info("backbone: recipe changed; starting over (%s)", last)
+            ckpt = None
+        elif ckpt["state"]["epoch"] >= recipe["epochs"] and final.exists():
+            log.info("backbone: %s on %s is already trained with this recipe: %s", spec.name, splits.spec.name, final)
+            return final
     C = splits.spec.num_classes
     torch.manual_seed(recipe["seed"])
-    if recipe["init"] == "pretrained":
-        model = create_model(spec.name, C, pretrained=True, weights_dir=weights_dir)
-        if model.get_classifier().out_features != C:
-            model.reset_classifier(C)
-    elif recipe["init"] == "scratch":
-        model = create_model(spec.name, C)
-    else:
-        raise ConfigError(f"recipe init={recipe['init']!r}: must be scratch or pretrained")
+    model = build_model(spec.name, C, recipe, weights_dir, training=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     workers = recipe["num_workers"]
     pipeline = spec.pipeline
@@ -129,39 +221,40 @@ def _train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, override
                               generator=torch.Generator().manual_seed(recipe["seed"]))
     val_loader = DataLoader(pipeline.dataset(splits, "val", model), batch_size=256, num_workers=workers,
                             collate_fn=pipeline.collate_fn)
-    total = recipe["epochs"] * len(train_loader)
+    model.to(device)
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if classifier is None and recipe["backbone_lr_ratio"] != 1.0:
+        raise ConfigError(f"backbone_lr_ratio needs a model with get_classifier(); {spec.name} has none")
+    head = {id(p) for p in classifier.parameters()} if classifier is not None else set()
+    groups = [{"params": [p for p in model.parameters() if id(p) not in head and p.requires_grad],
+               "lr": recipe["lr"] * recipe["backbone_lr_ratio"]},
+              {"params": [p for p in model.parameters() if id(p) in head], "lr": recipe["lr"]}]
+    groups = [g for g in groups if g["params"]]
     if recipe["optimizer"] == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
+        opt = torch.optim.SGD(groups, lr=recipe["lr"], momentum=recipe["momentum"],
                               weight_decay=recipe["weight_decay"], nesterov=True)
-    elif recipe["optimizer"] == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     else:
-        raise ConfigError(f"recipe optimizer={recipe['optimizer']!r}: must be sgd or adamw")
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        opt = torch.optim.AdamW(groups, lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    steps_per_epoch = len(train_loader)
+    total, warmup = recipe["epochs"] * steps_per_epoch, int(recipe["warmup_epochs"] * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warmup, total))
 
     state = {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
-    last = folder / "last.pt"
-    if last.exists():
-        try:
-            ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise CorruptCacheError(f"cannot resume from {last} ({type(e).__name__}); delete it to start over") from e
-        if ckpt["recipe"] == recipe:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            state = ckpt["state"]
-            torch.set_rng_state(ckpt["rng"])
-            log.info("backbone: resuming %s on %s from epoch %d", spec.name, splits.spec.name, state["epoch"])
-        else:
-            log.info("backbone: recipe changed; starting over (%s)", last)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        state = ckpt["state"]
+        torch.set_rng_state(ckpt["rng"])
+        log.info("backbone: resuming %s on %s from epoch %d", spec.name, splits.spec.name, state["epoch"])
     best_path = folder / "best.safetensors"
     bar = tqdm(total=recipe["epochs"], initial=state["epoch"], desc=f"train {spec.name}", unit="epoch", leave=False)
-    while state["epoch"] < recipe["epochs"]:
+    end = recipe["epochs"] if stop_after is None else min(int(stop_after), recipe["epochs"])
+    while state["epoch"] < end:
         t0 = time.time()
         model.train()
-        for x, y in train_loader:
-            loss = F.cross_entropy(model(x), y, label_smoothing=recipe["label_smoothing"])
+        for x, y in tqdm(train_loader, desc=f"epoch {state['epoch'] + 1}", unit="batch", leave=False):
+            loss = F.cross_entropy(model(_to(x, device)), _to(y, device), label_smoothing=recipe["label_smoothing"])
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"training {spec.name} on {splits.spec.name}: loss {loss.item():g} at epoch "
                                          f"{state['epoch'] + 1}; lower the learning rate (--set lr=...)")
@@ -172,40 +265,60 @@ def _train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, override
         val_acc = evaluate_accuracy(model, val_loader)
         state["epoch"] += 1
         state["seconds"] += time.time() - t0
-        state["history"].append({"epoch": state["epoch"], "val_accuracy": val_acc, "loss": loss.item()})
+        state["history"].append({"epoch": state["epoch"], "val_accuracy": val_acc, "loss": loss.item(),
+                                 "seconds": round(time.time() - t0, 1)})
+        log.info("backbone: %s on %s epoch %d/%d: val accuracy %.4f (%.0f s)", spec.name, splits.spec.name,
+                 state["epoch"], recipe["epochs"], val_acc, time.time() - t0)
         if val_acc > state["best_val"]:
             state["best_val"], state["best_epoch"] = val_acc, state["epoch"]
             tmp = best_path.with_suffix(".tmp")
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
             os.replace(tmp, best_path)
-        _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "state": state, "recipe": recipe,
-                            "rng": torch.get_rng_state()}, last)
+        _atomic_torch_save({"model": {k: v.cpu() for k, v in model.state_dict().items()},
+                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state,
+                            "recipe": recipe, "rng": torch.get_rng_state()}, last)
         bar.set_postfix(val=f"{val_acc:.4f}", best=f"{state['best_val']:.4f}")
         bar.update(1)
     bar.close()
     meta = {"backbone": spec.name, "dataset": splits.spec.name, "splits": splits.describe(), "recipe": recipe,
             "best_val_accuracy": state["best_val"], "best_epoch": state["best_epoch"],
-            "train_seconds": state["seconds"], "history": state["history"]}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
-    final = checkpoint_path(cache_dir, spec.name, splits)
-    os.replace(best_path, final)
+            "train_seconds": state["seconds"], "history": state["history"],
+            "epochs_done": state["epoch"], "complete": state["epoch"] >= recipe["epochs"]}
+    if best_path.exists():
+        tmp = final.with_suffix(".tmp")
+        shutil.copyfile(best_path, tmp)
+        os.replace(tmp, final)
+    write_json(folder / "meta.json", meta)
     log.info("backbone: %s on %s: val accuracy %.4f (epoch %d), %.0f s", spec.name, splits.spec.name,
              state["best_val"], state["best_epoch"], state["seconds"])
     return final
 
 
+def trained_recipe(backbone: str, splits: DataSplits, cache_dir: Path) -> dict[str, Any]:
+    """The recipe the weights of (backbone, dataset, splits) were trained with (``meta.json``), or
+    the default recipe when the entry predates ``meta.json``'s recipe."""
+    from eebench.backbones import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    meta = checkpoint_dir(cache_dir, spec.name, splits) / "meta.json"
+    try:
+        return {**RECIPE_DEFAULTS, **json.loads(meta.read_text())["recipe"]}
+    except (OSError, KeyError, ValueError):
+        return default_recipe(spec.name, splits.spec.name)
+
+
 def load_trained(backbone: str, splits: DataSplits, cache_dir: Path) -> nn.Module:
-    """The weights trained here for (backbone, dataset, splits).
+    """The weights trained here for (backbone, dataset, splits), in the model their recipe built
+    (same input size and normalisation).
 
     Raises:
         CorruptCacheError: the file cannot be read or does not fit the model.
     """
-    from eebench.backbones import BACKBONES, create_model
+    from eebench.backbones import BACKBONES
 
     spec = BACKBONES.get(backbone)
     path = checkpoint_path(cache_dir, spec.name, splits)
-    model = create_model(spec.name, splits.spec.num_classes)
+    model = build_model(spec.name, splits.spec.num_classes, trained_recipe(spec.name, splits, cache_dir))
     try:
         model.load_state_dict(load_file(str(path)))
     except Exception as e:

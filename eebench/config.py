@@ -3,7 +3,9 @@
 Sources, later ones winning: the registered defaults; a YAML file (``--config``); the CLI flags
 (``--method``, ``--dataset``, ``--backbone``, ``--seed``); ``--set key=value`` options. Keys of
 ``--set`` are ``method.<param>``, ``dataset.<param>``, or one of ``method``, ``dataset``,
-``backbone``, ``seed``; values are parsed as YAML (``--set method.lambdas=[0.1,1]``).
+``backbone``, ``weights``, ``seed``; values are parsed as YAML (``--set method.lambdas=[0.1,1]``).
+``weights`` (``auto``, ``published``, ``trained``) says which backbone weights a run uses; ``auto``
+resolves to ``published`` where the backbone's published checkpoint fits the dataset.
 
 A YAML config has the same shape as the ``config`` of a run record::
 
@@ -30,7 +32,7 @@ import yaml
 
 from eebench.errors import ConfigError
 
-TOP_KEYS = ("method", "dataset", "backbone", "seed", "method_params", "dataset_params")
+TOP_KEYS = ("method", "dataset", "backbone", "weights", "seed", "method_params", "dataset_params")
 
 
 @dataclass
@@ -41,6 +43,7 @@ class RunConfig:
     dataset: str
     backbone: str
     seed: int = 0
+    weights: str = "published"  # published | trained (see eebench.backbones.load_backbone)
     method_params: dict[str, Any] = field(default_factory=dict)
     dataset_params: dict[str, Any] = field(default_factory=dict)
 
@@ -180,11 +183,12 @@ def resolve(method: str | None = None, dataset: str | None = None, backbone: str
         head, _, rest = key.partition(".")
         if head in ("method", "dataset") and rest:
             data[f"{head}_params"][rest] = value
-        elif key in ("method", "dataset", "backbone", "seed"):
+        elif key in ("method", "dataset", "backbone", "weights", "seed"):
             data[key] = value
         else:
-            raise ConfigError(f"--set {key}: unknown key{_did_you_mean(key, ['method', 'dataset', 'backbone', 'seed'])}; "
-                              f"use method.<param>, dataset.<param>, method, dataset, backbone or seed")
+            raise ConfigError(f"--set {key}: unknown key"
+                              f"{_did_you_mean(key, ['method', 'dataset', 'backbone', 'weights', 'seed'])}; "
+                              f"use method.<param>, dataset.<param>, method, dataset, backbone, weights or seed")
     if not data.get("method"):
         raise ConfigError("no method given: pass --method (see `eebench list methods`)")
     if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool):
@@ -198,8 +202,16 @@ def resolve(method: str | None = None, dataset: str | None = None, backbone: str
     dataset_params = check_params("dataset", dataset_name, data["dataset_params"], spec.default_parameters())
     if dataset_params.get("holdout") == "auto":
         dataset_params["holdout"] = resolve_holdout(backbone_name, dataset_name)
+    weights = str(data.get("weights") or "auto")
+    if weights not in ("auto", "published", "trained"):
+        raise ConfigError(f"weights={weights!r}: must be auto, published or trained")
+    if weights == "auto":
+        from eebench.backbones import default_weights
+
+        weights = default_weights(backbone_name, dataset_name)
     return RunConfig(
         method=method_name, dataset=dataset_name, backbone=backbone_name, seed=int(data.get("seed", 0)),
+        weights=weights,
         method_params=check_params("method", method_name, data["method_params"], m.parameters),
         dataset_params=dataset_params)
 

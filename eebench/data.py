@@ -20,6 +20,7 @@ configured. A source without a test split gives ``test`` from its pool too.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 from dataclasses import dataclass, field
@@ -59,7 +60,8 @@ class DatasetSpec:
         default_backbone: the backbone used when ``--backbone`` is not given.
         image_column, label_column: column names in the hub's schema.
         hub_config: the hub config name (e.g. SVHN's ``cropped_digits``).
-        builder: for bundled/derived datasets, ``(data_dir, cache_dir) -> (DatasetDict, fingerprint)``.
+        builder: for bundled/derived datasets, ``(data_dir, cache_dir) -> (DatasetDict, fingerprint)``;
+            a builder that declares a ``params`` argument also gets the resolved dataset parameters.
         parameters: dataset-specific parameters and defaults, on top of :data:`SPLIT_PARAMETERS`.
     """
 
@@ -123,8 +125,8 @@ def _load_hub(spec: DatasetSpec) -> tuple[datasets.DatasetDict, str]:
     return ds, fingerprint.hexdigest()[:16]
 
 
-def load_source(spec: DatasetSpec, data_dir: Path | None = None, cache_dir: Path | None = None
-                ) -> tuple[datasets.DatasetDict, str]:
+def load_source(spec: DatasetSpec, data_dir: Path | None = None, cache_dir: Path | None = None,
+                params: dict[str, Any] | None = None) -> tuple[datasets.DatasetDict, str]:
     """Load a dataset's source splits (``train`` and, where it has one, ``test``) in the hub schema.
 
     Returns:
@@ -135,6 +137,8 @@ def load_source(spec: DatasetSpec, data_dir: Path | None = None, cache_dir: Path
         DataUnavailableError: the mirror lacks the files, or the hub cannot serve the dataset.
     """
     if spec.builder is not None:
+        if "params" in inspect.signature(spec.builder).parameters:  # a builder with dataset parameters
+            return spec.builder(data_dir=data_dir, cache_dir=cache_dir, params={**spec.default_parameters(), **(params or {})})
         return spec.builder(data_dir=data_dir, cache_dir=cache_dir)
     if data_dir is not None:
         return _load_mirror(spec, data_dir)
@@ -245,7 +249,7 @@ def load_splits(name: str, params: dict[str, Any] | None = None, data_dir: Path 
     """
     spec = DATASETS.get(name)
     params = {**spec.default_parameters(), **(params or {})}
-    source, fingerprint = load_source(spec, data_dir, cache_dir)
+    source, fingerprint = load_source(spec, data_dir, cache_dir, params)
     n_test = len(source["test"]) if "test" in source else None
     indices = make_splits(len(source["train"]), n_test, params)
     return DataSplits(spec, source, indices, fingerprint, params)
@@ -302,3 +306,6 @@ register_dataset(DatasetSpec(
 register_dataset(DatasetSpec(
     name="cifar10", hub_id="uoft-cs/cifar10", num_classes=10, default_backbone="cifar_resnet56",
     image_column="img", description="CIFAR-10, 50k/10k 32x32 colour images"), aliases=("cifar-10",))
+
+from eebench import graphs as _graphs  # noqa: E402,F401  (registers mnist-superpixels; imports this module)
+from eebench import datasets_hub as _datasets_hub  # noqa: E402,F401  (registers cifar100, cifar100-lt, cifar10-lt, svhn, imagenet)

@@ -64,7 +64,7 @@ class Timer:
 
 
 def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any], options: RunOptions,
-                     timer: Timer | None = None) -> Prepared:
+                     timer: Timer | None = None, weights: str = "auto") -> Prepared:
     """Load the data and the frozen backbone; reuse or build the feature cache and the cost profile.
 
     Raises:
@@ -77,7 +77,7 @@ def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any]
         splits = load_splits(dataset, dataset_params, paths.data_dir(options.data_dir), cache_root)
     with timer.stage("backbone"):
         spec = BACKBONES.get(backbone)
-        model, source = load_backbone(backbone, splits, paths.weights_dir(options.weights_dir), cache_root)
+        model, source = load_backbone(backbone, splits, paths.weights_dir(options.weights_dir), cache_root, weights)
         adapter = spec.adapter(model)
         weights_sha = state_dict_sha256(model)
     key = feature_key(weights=weights_sha, data=splits.key(), preprocessing=spec.pipeline.describe(model),
@@ -117,7 +117,7 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
     timer = Timer()
     t_start = time.perf_counter()
     method = load_methods().get(config.method)
-    prep = prepare_features(config.dataset, config.backbone, config.dataset_params, options, timer)
+    prep = prepare_features(config.dataset, config.backbone, config.dataset_params, options, timer, config.weights)
     f, C = prep.features, prep.splits.spec.num_classes
     task = ExitTask(f["train"], f["val"], C, prep.costs, lambda k: prep.adapter.make_im(k, C))
     torch.manual_seed(config.seed)

@@ -1,0 +1,135 @@
+"""BoostedNet: boosted dynamic networks (``methods.md`` §2).
+
+Yu et al., "Boosted Dynamic Neural Networks", AAAI 2023 (SHI-Labs/Boosted-Dynamic-Networks,
+``models/dynamic_net.py``, ``train_cifar100.py``). Exit k answers with the ensemble
+
+    E_k = z_k + γ·E_{k−1},  E_0 = 0,
+
+and every IM is trained, all in one step per mini-batch, on the residual of the frozen,
+down-weighted ensemble before it:
+
+    L = Σ_{k<K} CE(z_k + sg(γ·E_{k−1}), y),  sg = stop-gradient.
+
+Exit K is the backbone's frozen classifier: its term of L is a constant (z_K is frozen and
+E_{K−1} is stopped), so it is left out of the sum. Its answer is the faithful ensemble
+E_K = z_K + γ·E_{K−1} (``final_exit: ensemble``, the default); ``final_exit: backbone`` answers
+with z_K alone, an ablation for a final head that was not trained as a booster. The original's
+gradient rescaling only matters when the backbone trains; the backbone is frozen here, so it is
+omitted. Exits are chosen by the MSDNet threshold search on softmax(E_k), one operating point per
+budget level q (:class:`eebench.exit_policy.ThresholdPolicy`); the gates cost nothing.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from eebench.errors import ConfigError
+from eebench.exit_policy import Q_GRID, ThresholdPolicy
+from eebench.features import SplitFeatures
+from eebench.method import ExitMethod, ExitTask, register_method
+from eebench.training import SGD_DEFAULTS, SGDSchedule, all_exit_logits, check_finite, im_logits, minibatches
+
+FINAL_EXITS = ("ensemble", "backbone")
+
+
+def ensemble_logits(logits: torch.Tensor, gamma: float, final_exit: str = "ensemble") -> torch.Tensor:
+    """BoostedNet's ensemble outputs E_k = z_k + γ·E_{k−1}, E_0 = 0 (Yu et al. 2023, eq. 2).
+
+    Args:
+        logits: ``[B, K, C]`` logits z_k of every exit, the frozen classifier last.
+        gamma: γ, the weight of the previous ensemble.
+        final_exit: "ensemble" — E_K = z_K + γ·E_{K−1}; "backbone" — E_K = z_K.
+
+    Returns:
+        ``[B, K, C]`` ensemble logits E_k (apply softmax for the answered probabilities).
+
+    Raises:
+        ConfigError: unknown ``final_exit``.
+    """
+    if final_exit not in FINAL_EXITS:
+        raise ConfigError(f"method.final_exit={final_exit!r}: expected one of {', '.join(FINAL_EXITS)}")
+    out, prev = [], torch.zeros_like(logits[:, 0])
+    K = logits.shape[1]
+    for k in range(K):
+        if k == K - 1 and final_exit == "backbone":
+            out.append(logits[:, k])
+        else:
+            prev = logits[:, k] + gamma * prev
+            out.append(prev)
+    return torch.stack(out, dim=1)
+
+
+def boosted_losses(im_outputs: Sequence[torch.Tensor], labels: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-IM training losses CE(z_k + sg(γ·E_{k−1}), y), k = 1..K−1 (Yu et al. 2023, eq. 3).
+
+    Each head sees the ensemble before it as a constant: no gradient from head k's loss reaches
+    heads 1..k−1.
+
+    Args:
+        im_outputs: K−1 IM logits ``[B, C]``, exit order.
+        labels: ``[B]`` int64.
+        gamma: γ.
+
+    Returns:
+        ``[K−1]`` mean cross-entropies over the batch (their sum is the training loss).
+    """
+    losses, prev = [], torch.zeros_like(im_outputs[0])
+    for z in im_outputs:
+        ensemble = z + gamma * prev.detach()
+        losses.append(F.cross_entropy(ensemble, labels))
+        prev = ensemble
+    return torch.stack(losses)
+
+
+def train_boosted_ims(ims: nn.ModuleList, train: SplitFeatures, gamma: float, schedule: SGDSchedule,
+                      generator: torch.Generator, where: str, progress: Any = None) -> None:
+    """Train the IMs with Σ_k CE(z_k + sg(γ·E_{k−1}), y), all heads in one SGD step per mini-batch.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite.
+    """
+    opt, sched = schedule.build(ims.parameters(), schedule.epochs * schedule.steps_per_epoch(train.n))
+    ims.train()
+    for epoch in range(schedule.epochs):
+        for idx in minibatches(train.n, schedule.batch_size, generator):
+            loss = boosted_losses(im_logits(ims, train, idx), train.labels[idx], gamma).sum()
+            check_finite(loss, f"{where}, epoch {epoch + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        if progress is not None:
+            progress.update(1)
+
+
+@torch.no_grad()
+def boosted_probs(ims: nn.ModuleList, split: SplitFeatures, gamma: float, final_exit: str) -> torch.Tensor:
+    """softmax(E_k) of every exit on a whole split, ``[N, K, C]`` (IMs in eval mode)."""
+    ims.eval()
+    return ensemble_logits(all_exit_logits(ims, split), gamma, final_exit).softmax(-1)
+
+
+@register_method
+class Boosted(ExitMethod):
+    name = "boosted"
+    aliases = ("boostednet", "boosted-net")
+    paper = "Yu et al., AAAI 2023 (Boosted Dynamic Neural Networks)"
+    parameters: dict[str, Any] = {**SGD_DEFAULTS, "gamma": 0.5, "final_exit": "ensemble", "q_grid": Q_GRID}
+    grid = {"gamma": [0.25, 0.5, 0.75, 1.0]}
+    test_parameters = {"epochs": 2}
+
+    def fit(self, task: ExitTask, params: dict[str, Any], seed: int) -> ThresholdPolicy:
+        gamma, final_exit = float(params["gamma"]), params["final_exit"]
+        if final_exit not in FINAL_EXITS:
+            raise ConfigError(f"method.final_exit={final_exit!r}: expected one of {', '.join(FINAL_EXITS)}")
+        torch.manual_seed(seed)
+        ims = task.make_ims()
+        schedule = SGDSchedule.from_params(params)
+        with tqdm(total=schedule.epochs, desc="boosted", unit="epoch", leave=False) as bar:
+            train_boosted_ims(ims, task.train, gamma, schedule, torch.Generator().manual_seed(seed),
+                              where=f"boosted (gamma={gamma}): IM training", progress=bar)
+        return ThresholdPolicy(lambda split: boosted_probs(ims, split, gamma, final_exit), task.val, params["q_grid"])

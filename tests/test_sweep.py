@@ -1,0 +1,234 @@
+"""Sweeps without a cluster: grid expansion (products, ``include:``, list-valued parameters), run
+ids equal to ``eebench run``'s, bad grids, ``--dry-run``, the inline and local launchers on the
+real digits data, skipping of recorded runs, failure reports and ``--collect``."""
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from eebench.config import resolve
+from eebench.errors import ConfigError, UnknownNameError
+from eebench.method import load_methods
+from eebench.sweep import expand, load_grid
+
+EXPERIMENTS = ROOT / "experiments"
+SMOKE = EXPERIMENTS / "smoke.yaml"
+EEBENCH = Path(sys.executable).parent / "eebench"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def check_record(record: dict) -> None:
+    """A real run record of the digits ViT: its numbers, not just its presence."""
+    assert record["config"]["dataset"] == "digits" and record["backbone"]["num_exits"] == 6
+    assert record["backbone_accuracy"] >= 0.90                  # the ViT trained on first use
+    points = record["operating_points"]
+    assert len(points) == (39 if record["config"]["method"] == "threshold" else 2)
+    for p in points:
+        assert 0.0 < p["cost"] < 1.5 and 0.0 <= p["accuracy"] <= 1.0
+        assert abs(sum(p["exit_shares"]) - 1) < 1e-9
+    best = max(p["accuracy"] for p in points)
+    if record["config"]["method"] == "threshold":   # the dearest budget keeps the backbone's accuracy
+        assert best >= record["backbone_accuracy"] - 0.02
+    else:   # JEI in its test_parameters: far above chance (0.10); a dearer λ never costs less
+        assert best >= 0.70 and points[0]["cost"] >= points[1]["cost"]
+
+
+def test_smoke_grid_is_the_product_of_its_lists():
+    configs = expand(load_grid(SMOKE))
+    assert len(configs) == 12 and len({c.run_id for c in configs}) == 12
+    assert Counter(c.method for c in configs) == {"threshold": 6, "jei": 6}
+    combos = Counter((c.method, c.method_params.get("loss_weights", c.method_params.get("im_loss")), c.seed)
+                     for c in configs)
+    assert set(combos.values()) == {1}
+    assert {k[1] for k in combos} == {"uniform", "linear", "weighted"}
+    assert {c.seed for c in configs} == {0, 1, 2}
+    for c in configs:   # each method starts from its test_parameters; a list-valued one stays whole
+        assert c.method_params["epochs"] == 2 and c.dataset == "digits" and c.backbone == "vit_digits"
+        if c.method == "jei":
+            assert c.method_params["lambdas"] == [0.1, 1.0] and c.method_params["warmup_epochs"] == 1
+
+
+def test_run_ids_are_those_of_eebench_run():
+    """The sweep resolves each run exactly as `eebench run --set ...` does, so the ids agree."""
+    by_key = {(c.method, c.seed, c.method_params.get("im_loss", c.method_params.get("loss_weights"))): c.run_id
+              for c in expand(load_grid(SMOKE))}
+    jei = resolve("jei", "digits", None, 2, ["method.epochs=2", "method.warmup_epochs=1",
+                                             "method.lambdas=[0.1, 1.0]", "method.im_loss=uniform"])
+    thr = resolve("threshold", None, None, 0, ["method.epochs=2", "method.loss_weights=linear"])
+    assert by_key[("jei", 2, "uniform")] == jei.run_id
+    assert by_key[("threshold", 0, "linear")] == thr.run_id
+
+
+def test_include_inherits_overrides_and_removes(tmp_path):
+    _write(tmp_path / "base.yaml", "name: base\ndatasets: [digits]\nseeds: [0, 1]\ntest_parameters: true\n"
+                                   "methods:\n  threshold: {loss_weights: [uniform, linear]}\n  jei: {}\n")
+    _write(tmp_path / "child.yaml", "include: base.yaml\nseeds: 3\n"
+                                    "methods:\n  jei: null\n  threshold: {epochs: [1, 3]}\n")
+    base, child = load_grid(tmp_path / "base.yaml"), load_grid(tmp_path / "child.yaml")
+    assert base.name == "base" and child.name == "child"      # a name is never inherited
+    assert len(expand(base)) == 2 * 2 + 2
+    configs = expand(child)
+    # jei removed; threshold keeps the inherited loss_weights sweep and adds an epochs sweep; seeds 0..2
+    assert {c.method for c in configs} == {"threshold"}
+    assert len(configs) == 2 * 2 * 3
+    assert {(c.method_params["loss_weights"], c.method_params["epochs"]) for c in configs} == \
+        {("uniform", 1), ("uniform", 3), ("linear", 1), ("linear", 3)}
+    # --set overrides a dotted grid key; null removes an entry
+    assert len(expand(load_grid(tmp_path / "child.yaml", ["seeds=[5]", "methods.threshold.epochs=2"]))) == 2
+    assert {c.method for c in expand(load_grid(tmp_path / "base.yaml", ["methods.jei=null"]))} == {"threshold"}
+
+
+def test_list_valued_parameters_sweep_only_lists_of_lists(tmp_path):
+    one = expand(load_grid(_write(tmp_path / "a.yaml", "methods: {jei: {lambdas: [0.1, 1.0]}}\n")))
+    two = expand(load_grid(_write(tmp_path / "b.yaml", "methods: {jei: {lambdas: [[0.1], [1.0, 3.0]]}}\n")))
+    assert [c.method_params["lambdas"] for c in one] == [[0.1, 1.0]]
+    assert [c.method_params["lambdas"] for c in two] == [[0.1], [1.0, 3.0]]
+
+
+def test_method_grid_expands_each_methods_declared_grid():
+    configs = expand(load_grid(EXPERIMENTS / "paper_cifar100.yaml"))
+    methods = load_methods()
+    counts = Counter(c.method for c in configs)
+    for name, n in counts.items():
+        grid = methods.get(name).grid
+        size = 1
+        for values in grid.values():
+            size *= len(values)
+        assert n == 3 * size, name                           # 3 seeds x the method's grid
+    assert set(counts) == {"threshold", "boosted", "l2w", "eenet", "diffbranch", "jei"}
+    assert {(c.dataset, c.backbone) for c in configs} == {("cifar100", "t2t_vit_14")}
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_experiment_grid_expands(path):
+    configs = expand(load_grid(path))
+    assert configs and len({c.run_id for c in configs}) == len(configs)
+    if path.stem.startswith("paper_") and path.stem != "paper_base":
+        assert {c.backbone for c in configs} <= {"t2t_vit_7", "t2t_vit_14"}
+
+
+def test_include_cycle_and_unknown_keys(tmp_path):
+    _write(tmp_path / "a.yaml", "include: b.yaml\n")
+    _write(tmp_path / "b.yaml", "include: a.yaml\n")
+    with pytest.raises(ConfigError, match="include cycle: a.yaml -> b.yaml -> a.yaml"):
+        load_grid(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="unknown key 'seed'.*did you mean 'seeds'"):
+        load_grid(_write(tmp_path / "c.yaml", "seed: [0]\nmethods: [jei]\n"))
+    with pytest.raises(UnknownNameError, match="unknown method 'jie'.*did you mean 'jei'"):
+        expand(load_grid(_write(tmp_path / "d.yaml", "methods: {jie: {}}\n")))
+
+
+@pytest.mark.parametrize("grid, words", [
+    ("methods: {jie: {}}", ["unknown method 'jie'", "did you mean 'jei'"]),
+    ("methods: {jei: {epoch: [1, 2]}}", ["method.epoch", "did you mean 'epochs'"]),
+    ("methods: {jei: {epochs: two}}", ["method.epochs='two'", "expected int"]),
+    ("datasets: [cifar01]\nmethods: [jei]", ["unknown dataset 'cifar01'", "did you mean 'cifar10'"]),
+    ("methods: {jei: {im_loss: []}}", ["im_loss", "empty list"]),
+    ("methods: [jei]\nseeds: [a]", ["seeds must be a list of ints"]),
+    ("methods: [jei\n", ["malformed YAML", "line"]),
+])
+def test_bad_grids_stop_before_anything_runs(cli, tmp_path, grid, words):
+    path = _write(tmp_path / "bad.yaml", grid + "\n")
+    status, _, err = cli("sweep", path, "--launcher", "inline", "--out", tmp_path / "runs")
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert status == 2 and len(lines) == 1, err
+    for w in words:
+        assert w in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_lists_runs_and_stages_and_submits_nothing(cli, tmp_path):
+    status, out, err = cli("sweep", SMOKE, "--dry-run", "--launcher", "inline", "--out", tmp_path / "runs")
+    assert status == 0, err
+    assert "grid smoke: 12 runs (0 already recorded" in out
+    assert out.count("  pending  ") == 12
+    assert "stages: 1 feature job(s), then 12 run task(s)" in out
+    assert "im_loss=uniform" in out and "loss_weights=linear" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_inline_sweep_skips_recorded_runs_and_reports_a_failing_one(cli, tmp_path):
+    """A run recorded by `eebench run` is skipped by the sweep (same id, record untouched); a run
+    with a parameter its method rejects fails alone, reported with its log; --collect gathers."""
+    out = tmp_path / "runs"
+    status, _, err = cli("run", "--method", "threshold", "--seed", "1", "--set", "method.epochs=2", "--out", out)
+    assert status == 0, err
+    first = next(out.glob("*/record.json"))
+    before = (first.read_bytes(), first.stat().st_mtime_ns)
+    grid = _write(tmp_path / "g.yaml", "name: mixed\ndatasets: [digits]\nseeds: [0, 1]\ntest_parameters: true\n"
+                                       "methods:\n  threshold: {}\n  jei: {im_loss: bogus}\n")
+    status, stdout, err = cli("sweep", grid, "--launcher", "inline", "--out", out)
+    assert status == 1, err
+    assert "sweep mixed (inline): 4 runs: 1 already recorded, 1 finished now, 2 failed" in stdout
+    assert (first.read_bytes(), first.stat().st_mtime_ns) == before
+    configs = expand(load_grid(grid))
+    bad = [c.run_id for c in configs if c.method == "jei"]
+    for run_id in bad:
+        assert f"  {run_id}: ValueError: im_loss must be 'weighted' or 'uniform', got 'bogus'" in stdout
+        assert not (out / run_id).exists()                   # a failed run writes nothing
+    logs = [Path(ln.split("log: ", 1)[1]) for ln in stdout.splitlines() if "log: " in ln]
+    assert len(logs) == 2 and all("Traceback" in p.read_text() and "im_loss" in p.read_text() for p in logs)
+    for c in configs:
+        if c.method == "threshold":
+            check_record(json.loads((out / c.run_id / "record.json").read_text()))
+    # resubmitting runs only what is missing
+    status, stdout, _ = cli("sweep", grid, "--launcher", "inline", "--out", out)
+    assert status == 1 and "2 already recorded, 0 finished now, 2 failed" in stdout
+    status, stdout, _ = cli("sweep", grid, "--collect", "--out", out, "--results", tmp_path / "s.csv")
+    assert status == 1
+    assert "grid mixed: 2 of 4 runs recorded" in stdout and all(r in stdout for r in bad)
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 3
+
+
+def test_local_launcher_runs_the_smoke_grid_without_slurm(tmp_path, session_cache):
+    """With no SLURM client on PATH, --launcher auto falls back to submitit's local executor."""
+    out = tmp_path / "runs"
+    env = {**os.environ, "PATH": str(EEBENCH.parent), "EEBENCH_CACHE_DIR": str(session_cache), "TQDM_DISABLE": "1"}
+    proc = subprocess.run([str(EEBENCH), "sweep", str(SMOKE), "--launcher", "auto", "--runs-per-task", "12",
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "sweep smoke (local): 12 runs: 0 already recorded, 12 finished now, 0 failed" in proc.stdout
+    ids = {c.run_id for c in expand(load_grid(SMOKE))}
+    assert {p.parent.name for p in out.glob("*/record.json")} == ids
+    for run_id in ids:
+        record = json.loads((out / run_id / "record.json").read_text())
+        check_record(record)
+        assert record["features"]["reused"] is True          # built once, by the feature job
+    manifest = json.loads(next((out / "_sweeps").glob("smoke-*/sweep.json")).read_text())
+    assert [j["kind"] for j in manifest["jobs"]] == ["features", "runs"]
+    proc = subprocess.run([str(EEBENCH), "sweep", str(SMOKE), "--collect", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "grid smoke: 12 of 12 runs recorded" in proc.stdout
+
+
+def test_failed_feature_stage_fails_its_runs_with_its_log(cli, tmp_path):
+    """A feature stage that cannot be built (published weights the digits ViT does not have) fails
+    every run of its group with the stage's error and log; nothing is recorded."""
+    grid = _write(tmp_path / "g.yaml", "name: nofeatures\ndatasets: [digits]\nweights: published\nseeds: [0, 1]\n"
+                                       "test_parameters: true\nmethods: [threshold]\n")
+    status, stdout, err = cli("sweep", grid, "--launcher", "inline", "--out", tmp_path / "runs")
+    assert status == 1, err
+    assert "2 runs: 0 already recorded, 0 finished now, 2 failed" in stdout
+    assert stdout.count("feature stage digits/vit_digits failed: UsageError: vit_digits has no published weights") == 2
+    logs = {Path(ln.split("log: ", 1)[1]) for ln in stdout.splitlines() if "log: " in ln}
+    assert len(logs) == 1 and "Traceback" in logs.pop().read_text()
+    assert not list((tmp_path / "runs").glob("*/record.json"))
+
+
+def test_bad_profile_and_missing_slurm_are_usage_errors(cli, tmp_path, monkeypatch):
+    profile = _write(tmp_path / "p.yaml", "slurm_partiton: debug\n")
+    status, _, err = cli("sweep", SMOKE, "--profile", profile, "--launcher", "inline", "--out", tmp_path / "runs")
+    assert status == 2 and "submitit rejects it: Unknown argument 'partiton'" in err
+    monkeypatch.setenv("PATH", str(EEBENCH.parent))            # no sbatch, no srun
+    status, _, err = cli("sweep", SMOKE, "--launcher", "slurm", "--out", tmp_path / "runs")
+    assert status == 2 and "no SLURM client (sbatch, srun) on PATH" in err and "--launcher local" in err
+    assert not (tmp_path / "runs").exists()

@@ -2,7 +2,7 @@
 
 - accuracy, ``cost`` (mean normalised cumulative Mul-Adds at the exit taken) and mean Mul-Adds;
 - per-exit share, accuracy on the samples that exit there, and accuracy of each IM on all
-  samples (JEI-DNN, Fig. 3);
+  samples (JEI-DNN, Fig. 3); ECE of each IM on all samples (JEI-DNN, Fig. 4);
 - ECE with 15 equal-width bins on the confidence of the answered prediction (Guo et al., ICML
   2017, eq. 3), equal-mass bins as an option;
 - split conformal prediction per exit (JEI-DNN §5.2; ``methods.md``, Metrics): score
@@ -102,8 +102,10 @@ def evaluate(test: OperatingPoint, test_labels: np.ndarray, calib: OperatingPoin
     Returns:
         a JSON-ready dict: ``accuracy``, ``cost``, ``muladds``, ``ece``, ``ece_mass``,
         ``exit_shares`` [K], ``exit_accuracy`` [K] (None where no sample exits),
-        ``im_accuracy`` [K], and, with calib, ``conformal`` {alpha, inefficiency, coverage}
-        and ``inefficiency_at_95`` (smallest inefficiency among α with coverage ≥ 0.95).
+        ``im_accuracy`` [K], ``im_ece`` [K] (ECE of each IM's own prediction on all samples,
+        15 equal-width bins; JEI-DNN Fig. 4), and, with calib, ``conformal`` {alpha,
+        inefficiency, coverage} and ``inefficiency_at_95`` (smallest inefficiency among α with
+        coverage ≥ 0.95).
     """
     y = np.asarray(test_labels)
     exits = np.asarray(test.exit_index)
@@ -113,7 +115,10 @@ def evaluate(test: OperatingPoint, test_labels: np.ndarray, calib: OperatingPoin
     correct = pred == y
     shares = np.bincount(exits, minlength=K) / len(y)
     exit_acc = [float(correct[exits == k].mean()) if (exits == k).any() else None for k in range(K)]
-    im_acc = (test.exit_probs.argmax(-1).numpy() == y[:, None]).mean(0)
+    im_probs = test.exit_probs.numpy()                      # [N, K, C]
+    im_correct = im_probs.argmax(-1) == y[:, None]          # [N, K]
+    im_acc = im_correct.mean(0)
+    im_ece = [ece(im_probs[:, k].max(-1), im_correct[:, k]) for k in range(K)]
     out: dict[str, Any] = {
         "accuracy": float(correct.mean()),
         "cost": float(np.asarray(exit_costs)[exits].mean()),
@@ -123,6 +128,7 @@ def evaluate(test: OperatingPoint, test_labels: np.ndarray, calib: OperatingPoin
         "exit_shares": shares.tolist(),
         "exit_accuracy": exit_acc,
         "im_accuracy": im_acc.tolist(),
+        "im_ece": im_ece,
     }
     if calib is not None:
         ineff, cover = [], []

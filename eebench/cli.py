@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ log = logging.getLogger("eebench")
 
 #: Modules that add sub-commands (each defines ``add_commands(subparsers)``).
 COMMAND_MODULES: list[str] = []
+COMMAND_MODULES.append("eebench.cli_report")
+COMMAND_MODULES.append("eebench.cli_sweep")
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
@@ -54,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr = bsub.add_parser("train", help="train or fine-tune a backbone on a dataset (checkpoint chosen on val)")
     tr.add_argument("--backbone", required=True)
     tr.add_argument("--dataset", required=True)
+    tr.add_argument("--stop-after", type=int, metavar="EPOCH",
+                    help="stop after this epoch of the schedule and write the checkpoint chosen on val so far; "
+                         "run again without it to finish (resumes)")
     add_common_options(tr)
     tr.set_defaults(handler=cmd_backbone_train)
     for module in COMMAND_MODULES:
@@ -92,9 +98,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"  {name:<12} {m.paper}; grid: {m.grid}")
     if args.what in (None, "datasets"):
         print("datasets:")
+        width = max(map(len, DATASETS.names()))
         for name in DATASETS.names():
             d = DATASETS.get(name)
-            print(f"  {name:<12} {d.hub_id or '(bundled)':<22} default backbone {d.default_backbone:<16} {d.description}")
+            print(f"  {name:<{width}} {d.hub_id or '(bundled)':<22} default backbone {d.default_backbone:<16} {d.description}")
     if args.what in (None, "backbones"):
         print("backbones:")
         for name in BACKBONES.names():
@@ -104,7 +111,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_backbone_train(args: argparse.Namespace) -> int:
     from eebench import paths
-    from eebench.backbone_training import RECIPE_DEFAULTS, train_backbone
+    from eebench.backbone_training import default_recipe, train_backbone
     from eebench.backbones import BACKBONES
     from eebench.config import check_params, parse_set, resolve_holdout
     from eebench.data import DATASETS, load_splits
@@ -121,11 +128,15 @@ def cmd_backbone_train(args: argparse.Namespace) -> int:
     dataset_params = check_params("dataset", dspec.name, dataset_params, dspec.default_parameters())
     if dataset_params["holdout"] == "auto":
         dataset_params["holdout"] = resolve_holdout(spec.name, dspec.name)
-    recipe = check_params("recipe", spec.name, recipe, {**RECIPE_DEFAULTS, **spec.recipe})
+    recipe = check_params("recipe", spec.name, recipe, default_recipe(spec.name, dspec.name))
     cache = paths.cache_dir(args.cache_dir)
     splits = load_splits(dspec.name, dataset_params, paths.data_dir(args.data_dir), cache)
-    path = train_backbone(spec.name, splits, cache, recipe, paths.weights_dir(args.weights_dir))
-    print(f"trained {spec.name} on {dspec.name}: {path}")
+    path = train_backbone(spec.name, splits, cache, recipe, paths.weights_dir(args.weights_dir), args.stop_after)
+    meta = json.loads((path.parent / "meta.json").read_text())
+    partial = "" if meta.get("complete", True) else \
+        f"; stopped after epoch {meta['epochs_done']} (run again without --stop-after to finish)"
+    print(f"trained {spec.name} on {dspec.name}: val accuracy {100 * meta['best_val_accuracy']:.2f} % "
+          f"(epoch {meta['best_epoch']} of {meta['recipe']['epochs']}), {meta['train_seconds']:.0f} s of training{partial}; {path}")
     return 0
 
 

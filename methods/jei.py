@@ -12,7 +12,10 @@ Training: a warm-up of the IMs alone with Σ_l (K+1−l)·ℓ_l, then, per λ, a
   t_l = 1[l ≥ l*] for l < K, loss BCE(g_l, t_l) with the positive class weighted by
   min(#neg/#pos, ``pos_weight_cap``), counted on ``val`` at the start of each epoch;
 - IM phase (inner problem): Σ_l P(G=l|x)·ℓ_l with P detached (``im_loss: weighted``), or the
-  uniform mean of ℓ_l that the official code reduces to (``im_loss: uniform``).
+  uniform mean of ℓ_l that the official code reduces to (``im_loss: uniform``). The default,
+  ``uniform``, was chosen on val: on CIFAR-10 / ResNet-56 its val curve lies above the weighted
+  one (79.5 % at val cost 0.62 and 75.4 % at 0.52, against 77.0 % at 0.59 and 73.1 % at 0.48);
+  on digits the two are within a point everywhere.
 
 Test rule: e_l = P(G=l) / (1 − Σ_{j<l} P(G=j)); exit at the first l with e_l ≥ 0.5, else K.
 
@@ -152,7 +155,7 @@ class JEI(ExitMethod):
     parameters: dict[str, Any] = {
         **SGD_DEFAULTS,
         "lambdas": LAMBDAS,        # one operating point per λ
-        "im_loss": "weighted",     # weighted | uniform
+        "im_loss": "uniform",      # weighted | uniform; chosen on val (module docstring)
         "warmup_epochs": 5,
         "alternate_every": 200,    # mini-batches per phase, gate phase first
         "pos_weight_cap": 1.0,     # methods.md: 5 (see the module docstring)

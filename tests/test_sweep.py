@@ -52,16 +52,18 @@ def test_smoke_grid_is_the_product_of_its_lists():
     assert {k[1] for k in combos} == {"uniform", "linear", "weighted"}
     assert {c.seed for c in configs} == {0, 1, 2}
     for c in configs:   # each method starts from its test_parameters; a list-valued one stays whole
-        assert c.method_params["epochs"] == 2 and c.dataset == "digits" and c.backbone == "vit_digits"
+        tiny = load_methods().get(c.method).test_parameters
+        assert c.dataset == "digits" and c.backbone == "vit_digits"
+        assert all(c.method_params[k] == v for k, v in tiny.items())
         if c.method == "jei":
-            assert c.method_params["lambdas"] == [0.1, 1.0] and c.method_params["warmup_epochs"] == 1
+            assert c.method_params["lambdas"] == [0.1, 1.0]
 
 
 def test_run_ids_are_those_of_eebench_run():
     """The sweep resolves each run exactly as `eebench run --set ...` does, so the ids agree."""
     by_key = {(c.method, c.seed, c.method_params.get("im_loss", c.method_params.get("loss_weights"))): c.run_id
               for c in expand(load_grid(SMOKE))}
-    jei = resolve("jei", "digits", None, 2, ["method.epochs=2", "method.warmup_epochs=1",
+    jei = resolve("jei", "digits", None, 2, ["method.epochs=4", "method.warmup_epochs=2",
                                              "method.lambdas=[0.1, 1.0]", "method.im_loss=uniform"])
     thr = resolve("threshold", None, None, 0, ["method.epochs=2", "method.loss_weights=linear"])
     assert by_key[("jei", 2, "uniform")] == jei.run_id
@@ -152,7 +154,7 @@ def test_dry_run_lists_runs_and_stages_and_submits_nothing(cli, tmp_path):
     assert "grid smoke: 12 runs (0 already recorded" in out
     assert out.count("  pending  ") == 12
     assert "stages: 1 feature job(s), then 12 run task(s)" in out
-    assert "im_loss=uniform" in out and "loss_weights=linear" in out
+    assert "im_loss=weighted" in out and "loss_weights=linear" in out   # printed: what differs from the defaults
     assert not (tmp_path / "runs").exists()
 
 

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 #: Budget of the operating point of Fig. 3 and Fig. 4.
 FIG3_BUDGET = 0.5
 GRID_POINTS = 300
-PNG_DPI = 150
+PNG_DPI = 110
 COST_LABEL = "normalised Mul-Add (cost)"
 
 
@@ -59,7 +59,7 @@ def _figure(width: float, height: float):
 
 
 def save(fig: Any, base: Path) -> list[Path]:
-    """Write ``base.png`` (150 dpi) and ``base.pdf`` atomically, without timestamps in the PDF."""
+    """Write ``base.png`` (PNG_DPI) and ``base.pdf`` atomically, without timestamps in the PDF."""
     out = []
     for ext, kw in (("png", {"dpi": PNG_DPI, "metadata": {"Software": None}}),
                     ("pdf", {"metadata": {"CreationDate": None, "Creator": None, "Producer": None}})):

@@ -65,6 +65,17 @@ def _sacct(job_id: str, fields: str = "JobID,State", duplicates: bool = False) -
     return [ln.split("|") for ln in lines if ln.strip()]
 
 
+def _sacct_settled(job_id: str, fields: str, timeout: float = 60) -> list[list[str]]:
+    """``_sacct`` once no task is still RUNNING or COMPLETING: a task's result file (what submitit
+    waits for) is written a moment before Slurm's accounting marks the task finished."""
+    end = time.monotonic() + timeout
+    while True:
+        rows = _sacct(job_id, fields)
+        if not any(r[1] in ("RUNNING", "COMPLETING", "PENDING") for r in rows) or time.monotonic() > end:
+            return rows
+        time.sleep(0.5)
+
+
 def _squeue(name: str) -> list[list[str]]:
     out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i|%T|%r"], capture_output=True, text=True).stdout
     return [ln.split("|") for ln in out.splitlines() if ln.strip()]
@@ -105,7 +116,7 @@ def test_grid_runs_as_a_job_array(tmp_path, partition, session_cache):
     assert len(feature) == 1 and len(runs) == 12
     arrays = {j["job_id"].split("_")[0] for j in runs}
     assert len(arrays) == 1 and sorted(int(j["job_id"].split("_")[1]) for j in runs) == list(range(12))
-    tasks = _sacct(arrays.pop(), "JobID,State,Start")
+    tasks = _sacct_settled(arrays.pop(), "JobID,State,Start")
     assert len(tasks) == 12 and {t[1] for t in tasks} == {"COMPLETED"}
     (_, f_state, f_end), = _sacct(feature[0]["job_id"], "JobID,State,End")
     assert f_state == "COMPLETED" and min(t[2] for t in tasks) >= f_end   # afterok: runs start after it
@@ -169,7 +180,7 @@ def test_failing_run_is_reported_and_the_others_finish(tmp_path, partition, sess
         if c.run_id != bad:
             check_record(json.loads((out / c.run_id / "record.json").read_text()))
     manifest = json.loads((tmp_path / "logs" / "sweep.json").read_text())
-    states = {j["runs"][0]: _sacct(j["job_id"])[0][1] for j in manifest["jobs"] if j["kind"] == "runs"}
+    states = {j["runs"][0]: _sacct_settled(j["job_id"], "JobID,State")[0][1] for j in manifest["jobs"] if j["kind"] == "runs"}
     assert states.pop(bad) == "FAILED" and set(states.values()) == {"COMPLETED"}
 
 
@@ -190,7 +201,7 @@ def test_failed_feature_job_cancels_its_run_array(tmp_path, partition, session_c
     manifest = json.loads((logs / "sweep.json").read_text())
     feature = next(j for j in manifest["jobs"] if j["kind"] == "features")
     assert f"log: {feature['log']}" in proc.stdout and "Traceback" in Path(feature["log"]).read_text()
-    assert _sacct(feature["job_id"])[0][1] == "FAILED"
+    assert _sacct_settled(feature["job_id"], "JobID,State")[0][1] == "FAILED"
     arrays = {j["job_id"].split("_")[0] for j in manifest["jobs"] if j["kind"] == "runs"}
     assert {row[1].split()[0] for a in arrays for row in _sacct(a)} == {"CANCELLED"}
     assert not list((tmp_path / "runs").glob("*/record.json"))

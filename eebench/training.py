@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,22 +93,31 @@ def per_exit_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(B * K, C), labels.repeat_interleave(K), reduction="none").view(B, K)
 
 
-def train_ims(ims: nn.ModuleList, train: SplitFeatures, weights: torch.Tensor, schedule: SGDSchedule,
-              generator: torch.Generator, where: str, progress: Any = None) -> None:
-    """Train IMs with the weighted sum of per-exit cross-entropies Σ_k w_k ℓ_k (``methods.md`` §1).
+def train_ims(ims: nn.ModuleList, train: SplitFeatures, weights: torch.Tensor | None, schedule: SGDSchedule,
+              generator: torch.Generator, where: str, progress: Any = None,
+              batch_loss: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor] | None = None) -> None:
+    """Train IMs with the weighted sum of per-exit cross-entropies Σ_k w_k ℓ_k (``methods.md`` §1),
+    or with ``batch_loss``.
 
     Args:
         ims: K−1 IMs (exit K is the frozen classifier, not trained).
-        weights: ``[K−1]`` loss weights of the IMs (ones: plain sum; K+1−k: JEI-DNN's warm-up).
+        weights: ``[K−1]`` loss weights of the IMs (ones: plain sum; scaled K+1−k: JEI-DNN's warm-up).
         schedule: optimiser settings; runs ``schedule.epochs`` epochs.
+        batch_loss: instead of the weighted sum, ``(K−1 IM logits [B, C], labels [B]) → scalar loss``
+            (BoostedNet's loss).
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite.
     """
+    if batch_loss is None:
+        def batch_loss(logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+            return (weights * torch.stack([F.cross_entropy(z, y) for z in logits])).sum()
+
     opt, sched = schedule.build(ims.parameters(), schedule.epochs * schedule.steps_per_epoch(train.n))
     ims.train()
     for epoch in range(schedule.epochs):
         for idx in minibatches(train.n, schedule.batch_size, generator):
-            y = train.labels[idx]
-            losses = torch.stack([F.cross_entropy(z, y) for z in im_logits(ims, train, idx)])
-            loss = (weights * losses).sum()
+            loss = batch_loss(im_logits(ims, train, idx), train.labels[idx])
             check_finite(loss, f"{where}, epoch {epoch + 1}")
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -31,7 +31,7 @@ from eebench.errors import ConfigError
 from eebench.exit_policy import Q_GRID, ThresholdPolicy
 from eebench.features import SplitFeatures
 from eebench.method import ExitMethod, ExitTask, register_method
-from eebench.training import SGD_DEFAULTS, SGDSchedule, all_exit_logits, check_finite, im_logits, minibatches
+from eebench.training import SGD_DEFAULTS, SGDSchedule, all_exit_logits, train_ims
 
 FINAL_EXITS = ("ensemble", "backbone")
 
@@ -92,18 +92,8 @@ def train_boosted_ims(ims: nn.ModuleList, train: SplitFeatures, gamma: float, sc
     Raises:
         NonFiniteLossError: the loss became NaN or infinite.
     """
-    opt, sched = schedule.build(ims.parameters(), schedule.epochs * schedule.steps_per_epoch(train.n))
-    ims.train()
-    for epoch in range(schedule.epochs):
-        for idx in minibatches(train.n, schedule.batch_size, generator):
-            loss = boosted_losses(im_logits(ims, train, idx), train.labels[idx], gamma).sum()
-            check_finite(loss, f"{where}, epoch {epoch + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        if progress is not None:
-            progress.update(1)
+    train_ims(ims, train, None, schedule, generator, where, progress,
+              batch_loss=lambda logits, y: boosted_losses(logits, y, gamma).sum())
 
 
 @torch.no_grad()

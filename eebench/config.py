@@ -84,6 +84,21 @@ def parse_set(option: str) -> tuple[str, Any]:
     return key, parse_value(value, key)
 
 
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)``.
+
+    Raises:
+        ConfigError: not valid YAML: "malformed YAML in WHERE: line L, column C: problem".
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"malformed YAML in {where}: {at}{problem}") from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML run config.
 
@@ -96,13 +111,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"malformed YAML in {path}: {where}{problem}") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):

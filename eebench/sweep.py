@@ -68,7 +68,7 @@ import submitit
 import yaml
 from submitit.helpers import Checkpointable
 
-from eebench.config import RunConfig, _did_you_mean, parse_set
+from eebench.config import RunConfig, _did_you_mean, parse_set, parse_yaml
 from eebench.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:   # eebench.runner imports torch: a job imports it only once its signal handlers are set
@@ -126,13 +126,7 @@ def _read_grid_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     except OSError as e:
         where = f" (included from {chain[-1]})" if chain else ""
         raise ConfigError(f"cannot read grid {path}{where}: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"malformed YAML in grid {path}: {at}{getattr(e, 'problem', None) or e}") from None
-    data = data or {}
+    data = parse_yaml(text, f"grid {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"grid {path} must be a mapping of {', '.join(GRID_KEYS)}; got {type(data).__name__}")
     for key in data:

@@ -34,6 +34,7 @@ part of the operating point's setting. One operating point per budget. Only g_k 
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -54,6 +55,38 @@ from methods.threshold import im_loss_weights
 BUDGETS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 ALPHA_CE = [0.1, 1.0]
 ALPHA_COST = [1.0, 10.0]
+
+log = logging.getLogger(__name__)
+
+
+def feasible_budgets(budgets: list[float], exit_costs: torch.Tensor, explicit: bool = True) -> list[float]:
+    """The budgets B EENet can meet: c_1 < B ≤ c_K (``methods.md`` §4; a mean cost below the first
+    exit's is unreachable, one above the last exit's is the full network).
+
+    Args:
+        budgets: target mean costs B (normalised Mul-Adds).
+        exit_costs: ``[K]`` cost of exiting at each exit, increasing.
+        explicit: whether the user chose ``budgets``. The default grid (:data:`BUDGETS`) is the
+            same for every backbone, so its infeasible levels are dropped with a log line (on
+            T2T-ViT-7 at 28 px the first exit alone costs 0.31); a budget the user asked for that
+            cannot be met is an error.
+
+    Returns:
+        the feasible budgets, in the given order.
+
+    Raises:
+        ConfigError: an explicit budget is infeasible, or none is feasible.
+    """
+    lo, hi = float(exit_costs[0]), float(exit_costs[-1])
+    budgets = [float(b) for b in budgets]
+    keep = [b for b in budgets if lo < b <= hi]
+    dropped = [b for b in budgets if b not in keep]
+    where = f"each budget must lie in ({lo:.3f}, {hi:.3f}], the costs of the first and last exits"
+    if not keep or (dropped and explicit):
+        raise ConfigError(f"method.budgets={budgets}: {where}")
+    if dropped:
+        log.info("eenet: default budget(s) %s skipped on this backbone: %s", dropped, where)
+    return keep
 
 
 def confidence_features(probs: torch.Tensor) -> torch.Tensor:
@@ -229,11 +262,7 @@ class EENet(ExitMethod):
         K = task.num_exits
         gate_muladds = EENetScheduler(K, int(params["scorer_hidden"])).gate_muladds()
         costs = task.costs.exit_costs(gate_muladds)
-        budgets = [float(b) for b in params["budgets"]]
-        bad = [b for b in budgets if not costs[0] < b <= costs[-1]]
-        if bad or not budgets:
-            raise ConfigError(f"method.budgets={params['budgets']}: each budget must lie in "
-                              f"({costs[0]:.3f}, {costs[-1]:.3f}], the costs of the first and last exits")
+        budgets = feasible_budgets(params["budgets"], costs, explicit=list(params["budgets"]) != BUDGETS)
         alphas = [(float(a), float(b)) for a in params["alpha_ce"] for b in params["alpha_cost"]]
         if not alphas:
             raise ConfigError("method.alpha_ce and method.alpha_cost need at least one value each")

@@ -206,6 +206,22 @@ def _title(setting: pd.DataFrame) -> str:
     return f"{first['dataset']} / {first['backbone']} ({s} seed{'' if s == '1' else 's'})"
 
 
+def sd_band(upper: float = float("inf")) -> Any:
+    """A seaborn ``errorbar`` callable: mean ± sample std over seeds (as ``errorbar="sd"``), clipped
+    to [0, ``upper``], since every quantity plotted here (accuracy %, ECE %, set size, α̂) is
+    non-negative and the percentages stop at 100.
+
+    Returns:
+        a function of a 1-D array of per-seed values giving ``(low, high)``.
+    """
+    def band(values: Any) -> tuple[float, float]:
+        v = pd.Series(values, dtype=float)
+        mean, sd = v.mean(), v.std()
+        sd = 0.0 if np.isnan(sd) else sd
+        return max(0.0, mean - sd), min(upper, mean + sd)
+    return band
+
+
 def draw_accuracy(ax: Any, setting: pd.DataFrame, colours: dict[str, Any], legend: bool = True) -> None:
     """Fig. 2 on ``ax``: budget curves (mean ± std band over seeds), points, backbone accuracy."""
     import seaborn as sns
@@ -218,7 +234,7 @@ def draw_accuracy(ax: Any, setting: pd.DataFrame, colours: dict[str, Any], legen
                     style_order=order, markers=marker_map(colours), s=20, alpha=0.55, linewidth=0, legend=False,
                     ax=ax)
     sns.lineplot(data=curves, x="cost", y="accuracy", hue="variant", hue_order=order, palette=colours,
-                 errorbar="sd", linewidth=1.6, legend=False, ax=ax)
+                 errorbar=sd_band(100.0), linewidth=1.6, legend=False, ax=ax)
     bb = 100 * setting["backbone_accuracy"].mean()
     ax.axhline(bb, color="0.3", ls="--", lw=1, label="backbone")
     lo = np.nanmin(curves["accuracy"]) if len(curves) else pts["acc"].min()
@@ -253,8 +269,8 @@ def fig_exit_decomposition(setting: pd.DataFrame, colours: dict[str, Any]) -> An
     axes = fig.subplots(1, 2, sharey=True)
     for ax, col, title in ((axes[0], "exit_accuracy", "(a) accuracy of IM l on the samples exiting at l"),
                            (axes[1], "im_accuracy", "(b) accuracy of IM l on all samples")):
-        sns.lineplot(data=long, x="exit", y=col, hue="variant", hue_order=order, palette=colours, errorbar="sd",
-                     linewidth=1.2, legend=False, ax=ax)
+        sns.lineplot(data=long, x="exit", y=col, hue="variant", hue_order=order, palette=colours,
+                     errorbar=sd_band(100.0), linewidth=1.2, legend=False, ax=ax)
         sns.scatterplot(data=means[means["share"] > 0], x="exit", y=col, hue="variant", hue_order=order,
                         palette=colours, size="share", sizes=(0, 320), size_norm=(0, max_share), alpha=0.8,
                         legend=col == "im_accuracy", ax=ax)
@@ -288,8 +304,8 @@ def fig_ece_per_im(setting: pd.DataFrame, colours: dict[str, Any]) -> Any | None
     order = [v for v in colours if v in seeds]
     fig = _figure(7.5, 4.5)
     ax = fig.subplots()
-    sns.lineplot(data=long, x="exit", y="im_ece", hue="variant", hue_order=order, palette=colours, errorbar="sd",
-                 marker="o", markersize=4, linewidth=1.4, ax=ax)
+    sns.lineplot(data=long, x="exit", y="im_ece", hue="variant", hue_order=order, palette=colours,
+                 errorbar=sd_band(100.0), marker="o", markersize=4, linewidth=1.4, ax=ax)
     ax.set_xlabel("exit l")
     ax.set_ylabel("ECE of IM l on all samples (%)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -332,7 +348,7 @@ def fig_uncertainty(setting: pd.DataFrame, colours: dict[str, Any]) -> Any:
                         style="variant", style_order=order, markers=marker_map(colours), s=14, alpha=0.3,
                         linewidth=0, legend=False, ax=ax)
         sns.lineplot(data=_complete(curves, "cost", col, seeds), x="cost", y=col, hue="variant", hue_order=order,
-                     palette=colours, errorbar="sd", linewidth=1.4, legend=False, ax=ax)
+                     palette=colours, errorbar=sd_band(), linewidth=1.4, legend=False, ax=ax)
         ax.set_xlabel(f"budget: {COST_LABEL}")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
@@ -340,7 +356,7 @@ def fig_uncertainty(setting: pd.DataFrame, colours: dict[str, Any]) -> Any:
     alphas = alpha_curves(setting)
     if len(alphas):
         sns.lineplot(data=alphas, x="alpha", y="alpha_hat", hue="variant", hue_order=order, palette=colours,
-                     errorbar="sd", marker="o", markersize=4, linewidth=1.4, ax=ax)
+                     errorbar=sd_band(1.0), marker="o", markersize=4, linewidth=1.4, ax=ax)
         lim = [0, float(max(alphas["alpha"].max(), np.nanmax(alphas["alpha_hat"]))) * 1.05]
         ax.plot(lim, lim, color="0.3", ls="--", lw=1, label="α̂ = α")
         ax.set_xlim(lim)

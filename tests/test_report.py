@@ -250,3 +250,13 @@ def test_im_ece_by_hand():
     # IM 2: all right; 0.62 and 0.65 share bin 9 -> 2/4 * |1 - 0.635|; 0.90 (bin 13) and 0.78 (bin 11)
     ece2 = 0.5 * (1 - 0.635) + 0.25 * 0.10 + 0.25 * 0.22
     assert m["im_ece"] == pytest.approx([ece1, ece2])
+
+
+def test_seed_band_is_mean_plus_minus_sample_std_clipped_to_the_range():
+    from eebench.plots import sd_band
+    values = [0.0, 1.0, 5.0]                      # mean 2; sample variance (4 + 1 + 9) / 2 = 7
+    lo, hi = sd_band(100.0)(values)
+    assert lo == 0.0                              # 2 - sqrt(7) < 0 is clipped
+    assert abs(hi - (2 + 7 ** 0.5)) < 1e-12
+    assert sd_band(4.0)(values) == (0.0, 4.0)     # and the upper end
+    assert sd_band()([3.0]) == (3.0, 3.0)         # one seed: no band

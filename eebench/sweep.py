@@ -528,11 +528,10 @@ def load_profile(path: str | Path | None) -> Profile:
         return Profile()
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read profile {path}: {e.strerror}; see slurm/*.yaml for examples") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"malformed YAML in profile {path}: {getattr(e, 'problem', None) or e}") from None
+    data = parse_yaml(text, f"profile {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"profile {path} must be a mapping of submitit parameters")
     stages = {s: data.pop(s) or {} for s in PROFILE_STAGES if s in data}

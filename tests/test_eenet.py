@@ -7,7 +7,8 @@ import torch
 
 from eebench.errors import ConfigError
 from eebench.exit_policy import apply_thresholds
-from methods.eenet import EENetScheduler, confidence_features, eenet_losses, eenet_targets, eenet_thresholds
+from methods.eenet import (BUDGETS, EENetScheduler, confidence_features, eenet_losses, eenet_targets, eenet_thresholds,
+                           feasible_budgets)
 
 
 def test_confidence_features():
@@ -94,7 +95,6 @@ def test_scheduler_inputs_see_only_earlier_scores():
 
 def test_feasible_budgets_drop_default_levels_below_the_first_exit_and_reject_explicit_ones():
     costs = torch.tensor([0.306, 0.5, 1.001])                     # T2T-ViT-7 at 28 px: exit 1 costs 0.306
-    from methods.eenet import BUDGETS, feasible_budgets
     assert feasible_budgets(BUDGETS, costs, explicit=False) == [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     assert feasible_budgets([0.5, 1.001], costs) == [0.5, 1.001]
     with pytest.raises(ConfigError, match=r"budgets=\[0.3, 0.5\]: each budget must lie in \(0.306, 1.001\]"):

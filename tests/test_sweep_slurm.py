@@ -66,8 +66,9 @@ def _sacct(job_id: str, fields: str = "JobID,State", duplicates: bool = False) -
 
 
 def _sacct_settled(job_id: str, fields: str, timeout: float = 60) -> list[list[str]]:
-    """``_sacct`` once no task is still RUNNING or COMPLETING: a task's result file (what submitit
-    waits for) is written a moment before Slurm's accounting marks the task finished."""
+    """``_sacct`` once no task is PENDING, RUNNING or COMPLETING (or after ``timeout`` s): a task's
+    result file (what submitit waits for) is written a moment before Slurm's accounting marks the
+    task finished."""
     end = time.monotonic() + timeout
     while True:
         rows = _sacct(job_id, fields)
@@ -180,7 +181,8 @@ def test_failing_run_is_reported_and_the_others_finish(tmp_path, partition, sess
         if c.run_id != bad:
             check_record(json.loads((out / c.run_id / "record.json").read_text()))
     manifest = json.loads((tmp_path / "logs" / "sweep.json").read_text())
-    states = {j["runs"][0]: _sacct_settled(j["job_id"], "JobID,State")[0][1] for j in manifest["jobs"] if j["kind"] == "runs"}
+    states = {j["runs"][0]: _sacct_settled(j["job_id"], "JobID,State")[0][1]
+              for j in manifest["jobs"] if j["kind"] == "runs"}
     assert states.pop(bad) == "FAILED" and set(states.values()) == {"COMPLETED"}
 
 

@@ -65,13 +65,13 @@ def _sacct(job_id: str, fields: str = "JobID,State", duplicates: bool = False) -
     return [ln.split("|") for ln in lines if ln.strip()]
 
 
-def _sacct_settled(job_id: str, fields: str, timeout: float = 60) -> list[list[str]]:
+def _sacct_settled(job_id: str, fields: str, timeout: float = 60, duplicates: bool = False) -> list[list[str]]:
     """``_sacct`` once no task is PENDING, RUNNING or COMPLETING (or after ``timeout`` s): a task's
     result file (what submitit waits for) is written a moment before Slurm's accounting marks the
     task finished."""
     end = time.monotonic() + timeout
     while True:
-        rows = _sacct(job_id, fields)
+        rows = _sacct(job_id, fields, duplicates)
         if not any(r[1] in ("RUNNING", "COMPLETING", "PENDING") for r in rows) or time.monotonic() > end:
             return rows
         time.sleep(0.5)
@@ -255,5 +255,5 @@ def test_timed_out_run_task_is_requeued_and_finishes(tmp_path, partition, sessio
     log = (logs / job / f"{job}_0_log.err").read_text() + (logs / job / f"{job}_0_log.out").read_text()
     assert "this job is timed-out" in log and f"Requeued job {job}" in log
     assert f"checkpoint: {3 - len(before)} of 3 runs of this task left" in log
-    states = [s for _, s in _sacct(job, duplicates=True)]
+    states = [s for _, s in _sacct_settled(job, "JobID,State", duplicates=True)]
     assert states[0] == "REQUEUED" and states[-1] == "COMPLETED"

@@ -216,7 +216,7 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
     """Write the table as zstd-compressed parquet, atomically, tagged with :data:`TABLE_VERSION`.
 
     Scalars stay float64; the list columns (per exit, per α) are stored as float32 (7 significant
-    digits), which keeps a full sweep (6 methods × 3 datasets × 3 seeds × up to 39 points × 27
+    digits), which keeps a full sweep (6 methods × 3 datasets × 3 seeds × up to 39 points × 9
     exits) well under 1 MiB. Reports and figures always compute from the table as read back.
     """
     import pyarrow as pa

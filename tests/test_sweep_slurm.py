@@ -205,7 +205,7 @@ def test_failed_feature_job_cancels_its_run_array(tmp_path, partition, session_c
     assert f"log: {feature['log']}" in proc.stdout and "Traceback" in Path(feature["log"]).read_text()
     assert _sacct_settled(feature["job_id"], "JobID,State")[0][1] == "FAILED"
     arrays = {j["job_id"].split("_")[0] for j in manifest["jobs"] if j["kind"] == "runs"}
-    assert {row[1].split()[0] for a in arrays for row in _sacct(a)} == {"CANCELLED"}
+    assert {row[1].split()[0] for a in arrays for row in _sacct_settled(a, "JobID,State")} == {"CANCELLED"}
     assert not list((tmp_path / "runs").glob("*/record.json"))
 
 

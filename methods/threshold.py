@@ -22,8 +22,9 @@ def im_loss_weights(kind: str, num_exits: int) -> torch.Tensor:
 
     The linear weights are scaled to mean 1 so that the learning rate means what it means for the
     uniform loss: each IM only sees its own term, so an unscaled weight K+1−k multiplies IM k's
-    learning rate by up to K. On ResNet-56 with an exit after every block (K = 27) the unscaled weights left IMs 1–10 at chance
-    after the warm-up (the first IM trained at 27× the learning rate); scaled, IMs 1–10 reach 41–64 % val accuracy after two epochs.
+    learning rate by up to K. On ResNet-56 with an exit after every block (K = 27) the unscaled
+    weights left IMs 1–10 at chance after the warm-up (the first IM trained at 27× the learning
+    rate); scaled, IMs 1–10 reach 41–64 % val accuracy after two epochs.
 
     Raises:
         ValueError: unknown ``kind``.

@@ -69,11 +69,6 @@ class CifarResNet(nn.Module):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
 
-    @property
-    def blocks(self) -> list[nn.Module]:
-        """The 3n residual blocks in order."""
-        return [*self.layer1, *self.layer2, *self.layer3]
-
     def get_classifier(self) -> nn.Module:
         return self.fc
 
@@ -144,16 +139,18 @@ class CifarResNetExits(ExitAdapter):
     def __init__(self, model: CifarResNet, pool: int = 4, hidden: int = 256, exits_per_stage: int = 3):
         super().__init__(model)
         self._segments: list[nn.Sequential] = []      # a plain list: the blocks stay registered under model only
+        after, offset = [], 0                           # 1-based index of the residual block before each exit
         for stage in (model.layer1, model.layer2, model.layer3):
             start = 0
             for end in exit_positions(len(stage), exits_per_stage):
                 self._segments.append(stage[start:end])
+                after.append(offset + end)
                 start = end
+            offset += len(stage)
         self.num_blocks = len(self._segments)
         self.pool, self.hidden = pool, hidden
         self.im_dims = [seg[-1].conv2.out_channels * pool * pool for seg in self._segments[:-1]]
-        where = [f"{i * len(model.layer1) + e}" for i in range(3) for e in exit_positions(len(model.layer1), exits_per_stage)]
-        self.exits_doc = (f"after residual blocks {', '.join(where)} of {3 * len(model.layer1)} ({exits_per_stage} per stage); "
+        self.exits_doc = (f"after residual blocks {', '.join(map(str, after))} of {offset} ({exits_per_stage} per stage); "
                           f"IM = MLP({hidden}) on the block output average-pooled to {pool}x{pool}")
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Sources, later ones winning: the registered defaults; a YAML file (``--config``); the CLI flags
 (``--method``, ``--dataset``, ``--backbone``, ``--seed``); ``--set key=value`` options. Keys of
-``--set`` are ``method.<param>``, ``dataset.<param>``, or one of ``method``, ``dataset``,
+``--set`` are ``method.<param>``, ``dataset.<param>``, ``im.<param>`` (the shared IM stage), or one of ``method``, ``dataset``,
 ``backbone``, ``weights``, ``seed``; values are parsed as YAML (``--set method.lambdas=[0.1,1]``).
 ``weights`` (``auto``, ``published``, ``trained``) says which backbone weights a run uses; ``auto``
 resolves to ``published`` where the backbone's published checkpoint fits the dataset.
@@ -15,6 +15,7 @@ A YAML config has the same shape as the ``config`` of a run record::
     seed: 0
     method_params: {im_loss: uniform}
     dataset_params: {split_seed: 0}
+    im_params: {epochs: 20}
 
 The run id is a hash of the resolved config, stable across machines and sessions.
 """
@@ -32,7 +33,7 @@ import yaml
 
 from eebench.errors import ConfigError
 
-TOP_KEYS = ("method", "dataset", "backbone", "weights", "seed", "method_params", "dataset_params")
+TOP_KEYS = ("method", "dataset", "backbone", "weights", "seed", "method_params", "dataset_params", "im_params")
 
 
 @dataclass
@@ -46,6 +47,7 @@ class RunConfig:
     weights: str = "published"  # published | trained (see eebench.backbones.load_backbone)
     method_params: dict[str, Any] = field(default_factory=dict)
     dataset_params: dict[str, Any] = field(default_factory=dict)
+    im_params: dict[str, Any] = field(default_factory=dict)  # the shared IM stage (eebench.im_stage)
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(asdict(self))
@@ -120,7 +122,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         if key not in TOP_KEYS:
             raise ConfigError(f"config {path}: unknown key '{key}'{_did_you_mean(key, TOP_KEYS)}; "
                               f"valid: {', '.join(TOP_KEYS)}")
-    for key in ("method_params", "dataset_params"):
+    for key in ("method_params", "dataset_params", "im_params"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ConfigError(f"config {path}: '{key}' must be a mapping, got {type(data[key]).__name__}")
     return data
@@ -180,24 +182,27 @@ def resolve(method: str | None = None, dataset: str | None = None, backbone: str
     """
     from eebench.backbones import BACKBONES
     from eebench.data import DATASETS
+    from eebench.im_stage import IM_PARAMETERS
     from eebench.method import load_methods
 
     data = load_yaml(config_file) if config_file else {}
-    data = {"method_params": {}, "dataset_params": {}, **{k: v for k, v in data.items() if v is not None}}
+    data = {"method_params": {}, "dataset_params": {}, "im_params": {},
+            **{k: v for k, v in data.items() if v is not None}}
     for key, value in (("method", method), ("dataset", dataset), ("backbone", backbone), ("seed", seed)):
         if value is not None:
             data[key] = value
     for option in sets or []:
         key, value = parse_set(option)
         head, _, rest = key.partition(".")
-        if head in ("method", "dataset") and rest:
+        if head in ("method", "dataset", "im") and rest:
             data[f"{head}_params"][rest] = value
         elif key in ("method", "dataset", "backbone", "weights", "seed"):
             data[key] = value
         else:
             raise ConfigError(f"--set {key}: unknown key"
                               f"{_did_you_mean(key, ['method', 'dataset', 'backbone', 'weights', 'seed'])}; "
-                              f"use method.<param>, dataset.<param>, method, dataset, backbone, weights or seed")
+                              f"use method.<param>, dataset.<param>, im.<param>, method, dataset, backbone, "
+                              f"weights or seed")
     if not data.get("method"):
         raise ConfigError("no method given: pass --method (see `eebench list methods`)")
     if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool):
@@ -222,7 +227,8 @@ def resolve(method: str | None = None, dataset: str | None = None, backbone: str
         method=method_name, dataset=dataset_name, backbone=backbone_name, seed=int(data.get("seed", 0)),
         weights=weights,
         method_params=check_params("method", method_name, data["method_params"], m.parameters),
-        dataset_params=dataset_params)
+        dataset_params=dataset_params,
+        im_params=check_params("im", "stage", data["im_params"], IM_PARAMETERS))
 
 
 def resolve_holdout(backbone: str, dataset: str) -> str:

@@ -46,6 +46,7 @@ SPLIT_PARAMETERS: dict[str, Any] = {
     "calib_fraction": 0.10,  # of the source's train split
     "test_fraction": 0.20,  # only for sources without a test split
     "holdout": "auto",      # where val and calib come from: train | test | auto (by backbone)
+    "policy_fraction": 0.5,  # of val, where exit policies learn (0: they learn on train); the rest selects
 }
 
 
@@ -147,6 +148,11 @@ def load_source(spec: DatasetSpec, data_dir: Path | None = None, cache_dir: Path
 
 # --------------------------------------------------------------------------------------------
 # splits
+def indices_sha256(idx: np.ndarray) -> str:
+    """A short content hash of row indices (int64 bytes), naming a split in records and cache keys."""
+    return hashlib.sha256(np.asarray(idx).astype(np.int64).tobytes()).hexdigest()[:16]
+
+
 @dataclass
 class DataSplits:
     """The four splits of a dataset: rows of the source splits selected by seeded indices.
@@ -175,8 +181,7 @@ class DataSplits:
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """For the run record: per split, its source split, size and a hash of its row indices."""
-        return {name: {"source": src, "n": int(len(idx)),
-                       "indices_sha256": hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest()[:16]}
+        return {name: {"source": src, "n": int(len(idx)), "indices_sha256": indices_sha256(idx)}
                 for name, (src, idx) in self.indices.items()}
 
     def key(self) -> str:
@@ -232,6 +237,30 @@ def make_splits(n_train_source: int, n_test_source: int | None, params: dict[str
         if n_test_source is not None:
             out["test"] = ("test", np.arange(n_test_source))
     return {name: out[name] for name in SPLITS}
+
+
+def policy_rows(n_val: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Carve ``val`` into the rows exit policies learn on and the rows choices are made on.
+
+    ``round(n_val · policy_fraction)`` rows, drawn with ``split_seed``, form the policy split; the
+    rest stay ``val``. With ``policy_fraction`` 0, exit policies learn on ``train`` (None).
+
+    Returns:
+        ``(policy_rows, val_rows)``, sorted int64 positions within ``val``, or None.
+
+    Raises:
+        ConfigError: ``policy_fraction`` outside [0, 1), or a split left empty.
+    """
+    f = float(params.get("policy_fraction", 0.0))
+    if not 0.0 <= f < 1.0:
+        raise ConfigError(f"dataset.policy_fraction={f}: must be in [0, 1) (0: exit policies learn on train)")
+    if f == 0.0:
+        return None
+    n_policy = round(n_val * f)
+    if not 0 < n_policy < n_val:
+        raise ConfigError(f"dataset.policy_fraction={f} leaves an empty split of the {n_val} val rows")
+    perm = np.random.default_rng([int(params["split_seed"]), 1]).permutation(n_val)
+    return np.sort(perm[:n_policy]), np.sort(perm[n_policy:])
 
 
 def load_splits(name: str, params: dict[str, Any] | None = None, data_dir: Path | None = None,

@@ -36,6 +36,10 @@ FEATURES_VERSION = 1
 class SplitFeatures:
     """Cached backbone outputs of one split.
 
+    The K−1 IM inputs are held as one row-major tensor ``stacked`` ``[N, ΣD_k]`` (float32), and
+    ``im_inputs`` are column views into it, so that a mini-batch of every IM input is one row
+    gather (:meth:`rows`).
+
     Attributes:
         im_inputs: K−1 float32 tensors ``[N, D_k]``, the IM inputs after blocks 1..K−1.
         logits: ``[N, C]`` float32, the backbone's own classifier (exit K).
@@ -46,6 +50,13 @@ class SplitFeatures:
     logits: torch.Tensor
     labels: torch.Tensor
 
+    def __post_init__(self) -> None:
+        self.dims = [int(x.shape[1]) for x in self.im_inputs]
+        self.stacked = torch.empty(self.labels.shape[0], sum(self.dims))
+        for view, x in zip(self.stacked.split(self.dims, 1), self.im_inputs):
+            view.copy_(x)                      # float16 → float32 in place, no temporary
+        self.im_inputs = list(self.stacked.split(self.dims, 1))
+
     @property
     def n(self) -> int:
         return int(self.labels.shape[0])
@@ -54,9 +65,13 @@ class SplitFeatures:
     def num_exits(self) -> int:
         return len(self.im_inputs) + 1
 
+    def rows(self, idx: torch.Tensor | slice) -> list[torch.Tensor]:
+        """The K−1 IM inputs of rows ``idx``, ``[B, D_k]`` each, from one gather of ``stacked``."""
+        return list(self.stacked[idx].split(self.dims, 1))
+
     def subset(self, idx: torch.Tensor) -> "SplitFeatures":
         """The rows ``idx`` (a LongTensor or slice) of every tensor."""
-        return SplitFeatures([x[idx] for x in self.im_inputs], self.logits[idx], self.labels[idx])
+        return SplitFeatures(self.rows(idx), self.logits[idx], self.labels[idx])
 
 
 def state_dict_sha256(model: torch.nn.Module) -> str:
@@ -94,7 +109,7 @@ def extract(adapter: Any, dataset: Dataset, batch_size: int = 256, num_workers: 
             store.append(f.to(torch.float16))
         logits.append(out.float())
         labels.append(torch.as_tensor(y))
-    return SplitFeatures([torch.cat(f).float() for f in feats], torch.cat(logits), torch.cat(labels).long())
+    return SplitFeatures([torch.cat(f) for f in feats], torch.cat(logits), torch.cat(labels).long())
 
 
 def _save(split: SplitFeatures, path: Path) -> None:
@@ -105,7 +120,7 @@ def _save(split: SplitFeatures, path: Path) -> None:
 
 def _load(path: Path, num_exits: int) -> SplitFeatures:
     t = load_file(str(path))
-    im_inputs = [t[f"im_input_{k}"].float() for k in range(1, num_exits)]
+    im_inputs = [t[f"im_input_{k}"] for k in range(1, num_exits)]
     split = SplitFeatures(im_inputs, t["logits"].float(), t["labels"].long())
     if any(x.shape[0] != split.n for x in im_inputs) or split.logits.shape[0] != split.n:
         raise ValueError("row counts differ between tensors")

@@ -21,6 +21,7 @@ from torch import nn
 from eebench.costs import CostProfile
 from eebench.features import SplitFeatures
 from eebench.registry import Registry
+from eebench.training import ProgressFactory, SGDSchedule, no_progress
 
 
 @dataclass
@@ -28,17 +29,30 @@ class ExitTask:
     """Everything a method may use to fit: never the ``calib`` or ``test`` split.
 
     Attributes:
-        train, val: cached features of the two splits a method may see.
+        train: features the IMs learn on.
+        policy: features the exit policy learns on (thresholds, gates, schedulers): the same rule
+            for every method (``docs/decisions.md``, "Where exit policies learn").
+        val: features every choice is made on (among a method's settings, early stopping).
         num_classes: C.
         costs: the backbone's cost profile (blocks and IMs, in Mul-Adds).
         im_factory: ``k -> nn.Module``, a fresh IM for exit k < K (the backbone's IM design).
+        trained_ims: ``() -> nn.ModuleList``, a fresh copy of the shared IM stage's K−1 trained IMs
+            (:mod:`eebench.im_stage`), for methods that start from trained IMs.
+        im_schedule: the shared stage's recipe; a method that trains IMs its own way trains them for
+            ``im_schedule.epochs`` epochs (the same IM training budget).
+        progress: ``(description, total) -> context manager`` with ``update(n)``: how a method
+            reports progress (the harness draws the bars).
     """
 
     train: SplitFeatures
+    policy: SplitFeatures
     val: SplitFeatures
     num_classes: int
     costs: CostProfile
     im_factory: Callable[[int], nn.Module]
+    trained_ims: Callable[[], nn.ModuleList]
+    im_schedule: SGDSchedule
+    progress: ProgressFactory = no_progress
 
     @property
     def num_exits(self) -> int:

@@ -11,15 +11,18 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from torch import nn
+from tqdm.auto import tqdm
 
 from eebench import paths
 from eebench.backbones import BACKBONES, load_backbone
 from eebench.config import RunConfig
 from eebench.costs import CostProfile, profile_exits
-from eebench.data import SPLITS, DataSplits, load_splits
+from eebench.data import SPLITS, DataSplits, indices_sha256, load_splits, policy_rows
 from eebench.features import FeatureCache, SplitFeatures, extract, feature_key, state_dict_sha256
 from eebench.method import ExitTask, load_methods
-from eebench.metrics import evaluate
+from eebench.im_stage import IMStage, im_schedule
+from eebench.metrics import SET_SIZE_ALPHA, conformal_set_sizes, evaluate
 from eebench.records import git_revision, versions, write_json, write_npz
 
 log = logging.getLogger(__name__)
@@ -104,6 +107,33 @@ def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any]
                     {"source": source, "sha256": weights_sha})
 
 
+@contextmanager
+def tqdm_progress(desc: str, total: int) -> Iterator[Any]:
+    """The harness's progress bars (tqdm; silenced with ``TQDM_DISABLE=1``)."""
+    with tqdm(total=total, desc=desc, leave=False) as bar:
+        yield bar
+
+
+def carve_policy(train: SplitFeatures, val: SplitFeatures, val_rows: tuple[str, np.ndarray],
+                 dataset_params: dict[str, Any]) -> tuple[SplitFeatures, SplitFeatures, dict[str, Any]]:
+    """The features exit policies learn on and the features choices are made on
+    (:func:`eebench.data.policy_rows`), with their description for the record.
+
+    Returns:
+        ``(policy, val, splits_info)``: ``policy`` is ``train`` when ``policy_fraction`` is 0.
+    """
+    carve = policy_rows(val.n, dataset_params)
+    if carve is None:
+        return train, val, {"policy": {"source": "train"}}
+
+    def describe(rows: np.ndarray) -> dict[str, Any]:
+        return {"source": val_rows[0], "carved_from": "val", "n": int(len(rows)),
+                "indices_sha256": indices_sha256(np.asarray(val_rows[1])[rows])}
+
+    info = {"policy": describe(carve[0]), "val": describe(carve[1])}
+    return val.subset(torch.as_tensor(carve[0])), val.subset(torch.as_tensor(carve[1])), info
+
+
 def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
     """Run one configuration end to end and write ``OUT/<run-id>/record.json`` atomically.
 
@@ -119,15 +149,21 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
     method = load_methods().get(config.method)
     prep = prepare_features(config.dataset, config.backbone, config.dataset_params, options, timer, config.weights)
     f, C = prep.features, prep.splits.spec.num_classes
-    task = ExitTask(f["train"], f["val"], C, prep.costs, lambda k: prep.adapter.make_im(k, C))
+    policy, val, split_info = carve_policy(f["train"], f["val"], prep.splits.indices["val"], config.dataset_params)
+    stage = IMStage(paths.cache_dir(options.cache_dir), prep.key,
+                    lambda: nn.ModuleList(prep.adapter.make_im(k, C) for k in range(1, prep.costs.num_exits)),
+                    f["train"], val, config.im_params, config.seed, tqdm_progress)
+    task = ExitTask(f["train"], policy, val, C, prep.costs, lambda k: prep.adapter.make_im(k, C), stage,
+                    im_schedule(config.im_params), tqdm_progress)
     torch.manual_seed(config.seed)
     with timer.stage("fit"):
         fitted = method.fit(task, config.method_params, config.seed)
+    splits = {"val": val, "calib": f["calib"], "test": f["test"]}
     with timer.stage("predict"):
-        points = {s: fitted.predict(f[s]) for s in ("val", "calib", "test")}
+        points = {s: fitted.predict(splits[s]) for s in splits}
     with timer.stage("metrics"):
-        labels = {s: f[s].labels.numpy() for s in ("val", "calib", "test")}
-        rows = []
+        labels = {s: splits[s].labels.numpy() for s in splits}
+        rows, set_sizes = [], []
         for p_test, p_calib, p_val in zip(points["test"], points["calib"], points["val"]):
             costs = prep.costs.exit_costs(p_test.gate_muladds)
             muladds = prep.costs.exit_muladds(p_test.gate_muladds)
@@ -135,19 +171,21 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
             v = evaluate(p_val, labels["val"], None, None, costs, muladds)
             rows.append({"setting": p_test.setting, **m,
                          "val": {"accuracy": v["accuracy"], "cost": v["cost"], "ece": v["ece"]}})
+            set_sizes.append(conformal_set_sizes(p_test, p_calib, labels["calib"], SET_SIZE_ALPHA))
     backbone_acc = float((f["test"].logits.argmax(1) == f["test"].labels).float().mean())
     timer.seconds["total"] = round(time.perf_counter() - t_start, 3)
     record = {
         "run_id": config.run_id,
         "config": config.to_dict(),
         "backbone_accuracy": backbone_acc,
-        "backbone_val_accuracy": float((f["val"].logits.argmax(1) == f["val"].labels).float().mean()),
+        "backbone_val_accuracy": float((val.logits.argmax(1) == val.labels).float().mean()),
         "backbone": {"name": config.backbone, "weights": prep.weights, "exits": prep.adapter.exits_doc,
                      "num_exits": prep.costs.num_exits, "im_dims": prep.adapter.im_dims,
                      "muladds": prep.costs.backbone_muladds, "cost_profile": prep.costs.to_dict()},
         "num_classes": C,
-        "splits": prep.splits.describe(),
+        "splits": {**prep.splits.describe(), **split_info},
         "features": {"key": prep.key, "reused": prep.reused},
+        "ims": {"start": "shared IM stage" if stage.info else "trained by the method", "stage": stage.info},
         "exit_costs": prep.costs.exit_costs(points["test"][0].gate_muladds).tolist() if points["test"] else [],
         "operating_points": rows,
         "versions": versions(),
@@ -161,7 +199,8 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
     write_npz(out / "samples.npz", labels=labels["test"].astype(np.int16),
               exit_index=np.stack([p.exit_index for p in points["test"]]).astype(np.int16),
               prediction=np.stack([a.argmax(1).numpy() for a in answered]).astype(np.int16),
-              confidence=np.stack([a.amax(1).numpy() for a in answered]).astype(np.float16))
+              confidence=np.stack([a.amax(1).numpy() for a in answered]).astype(np.float16),
+              set_size=np.stack(set_sizes).astype(np.int16))
     write_json(out / "record.json", record)
     return record
 

@@ -15,8 +15,11 @@ E_{K−1} is stopped), so it is left out of the sum. Its answer is the faithful 
 E_K = z_K + γ·E_{K−1} (``final_exit: ensemble``, the default); ``final_exit: backbone`` answers
 with z_K alone, an ablation for a final head that was not trained as a booster. The original's
 gradient rescaling only matters when the backbone trains; the backbone is frozen here, so it is
-omitted. Exits are chosen by the MSDNet threshold search on softmax(E_k), one operating point per
-budget level q (:class:`eebench.exit_policy.ThresholdPolicy`); the gates cost nothing.
+omitted. The IMs train from scratch with this loss for the shared IM stage's number of epochs and
+recipe (:attr:`eebench.method.ExitTask.im_schedule`), kept at the epoch of the lowest summed val error of their ensembles.
+Exits are chosen by the MSDNet threshold search on softmax(E_k) on the policy split, one
+operating point per budget level q (:class:`eebench.exit_policy.ThresholdPolicy`); the gates cost
+nothing.
 """
 from __future__ import annotations
 
@@ -25,13 +28,12 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from eebench.errors import ConfigError
 from eebench.exit_policy import Q_GRID, ThresholdPolicy
 from eebench.features import SplitFeatures
 from eebench.method import ExitMethod, ExitTask, register_method
-from eebench.training import SGD_DEFAULTS, SGDSchedule, all_exit_logits, train_ims
+from eebench.training import SGDSchedule, all_exit_logits, eval_mode, train_ims
 
 FINAL_EXITS = ("ensemble", "backbone")
 
@@ -85,22 +87,30 @@ def boosted_losses(im_outputs: Sequence[torch.Tensor], labels: torch.Tensor, gam
     return torch.stack(losses)
 
 
-def train_boosted_ims(ims: nn.ModuleList, train: SplitFeatures, gamma: float, schedule: SGDSchedule,
-                      generator: torch.Generator, where: str, progress: Any = None) -> None:
-    """Train the IMs with Σ_k CE(z_k + sg(γ·E_{k−1}), y), all heads in one SGD step per mini-batch.
+def train_boosted_ims(ims: nn.ModuleList, train: SplitFeatures, val: SplitFeatures, gamma: float,
+                      schedule: SGDSchedule, generator: torch.Generator, where: str, progress: Any = None
+                      ) -> dict[str, Any]:
+    """Train the IMs with Σ_k CE(z_k + sg(γ·E_{k−1}), y), all heads in one SGD step per mini-batch,
+    kept at the epoch of the lowest summed error of the exits' ensembles E_1..E_{K−1} on ``val``
+    (:func:`eebench.training.train_ims`).
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite.
     """
-    train_ims(ims, train, None, schedule, generator, where, progress,
-              batch_loss=lambda logits, y: boosted_losses(logits, y, gamma).sum())
+    def val_error(ims: nn.ModuleList, split: SplitFeatures) -> torch.Tensor:
+        probs = boosted_probs(ims, split, gamma, "ensemble")[:, :-1]                    # [N, K−1, C]
+        return (probs.argmax(-1) != split.labels[:, None]).float().mean(0)
+
+    return train_ims(ims, train, schedule, generator, where, progress,
+                     batch_loss=lambda logits, y: boosted_losses(logits, y, gamma).sum(), select_on=val,
+                     criterion=val_error)
 
 
 @torch.no_grad()
 def boosted_probs(ims: nn.ModuleList, split: SplitFeatures, gamma: float, final_exit: str) -> torch.Tensor:
     """softmax(E_k) of every exit on a whole split, ``[N, K, C]`` (IMs in eval mode)."""
-    ims.eval()
-    return ensemble_logits(all_exit_logits(ims, split), gamma, final_exit).softmax(-1)
+    with eval_mode(ims):
+        return ensemble_logits(all_exit_logits(ims, split), gamma, final_exit).softmax(-1)
 
 
 @register_method
@@ -108,9 +118,9 @@ class Boosted(ExitMethod):
     name = "boosted"
     aliases = ("boostednet", "boosted-net")
     paper = "Yu et al., AAAI 2023 (Boosted Dynamic Neural Networks)"
-    parameters: dict[str, Any] = {**SGD_DEFAULTS, "gamma": 0.5, "final_exit": "ensemble", "q_grid": Q_GRID}
+    parameters: dict[str, Any] = {"gamma": 0.5, "final_exit": "ensemble", "q_grid": Q_GRID}
     grid = {"gamma": [0.25, 0.5, 0.75, 1.0]}
-    test_parameters = {"epochs": 2}
+    test_parameters: dict[str, Any] = {}
 
     def fit(self, task: ExitTask, params: dict[str, Any], seed: int) -> ThresholdPolicy:
         gamma, final_exit = float(params["gamma"]), params["final_exit"]
@@ -118,8 +128,8 @@ class Boosted(ExitMethod):
             raise ConfigError(f"method.final_exit={final_exit!r}: expected one of {', '.join(FINAL_EXITS)}")
         torch.manual_seed(seed)
         ims = task.make_ims()
-        schedule = SGDSchedule.from_params(params)
-        with tqdm(total=schedule.epochs, desc="boosted", unit="epoch", leave=False) as bar:
-            train_boosted_ims(ims, task.train, gamma, schedule, torch.Generator().manual_seed(seed),
+        with task.progress("boosted", task.im_schedule.epochs) as bar:
+            train_boosted_ims(ims, task.train, task.val, gamma, task.im_schedule, torch.Generator().manual_seed(seed),
                               where=f"boosted (gamma={gamma}): IM training", progress=bar)
-        return ThresholdPolicy(lambda split: boosted_probs(ims, split, gamma, final_exit), task.val, params["q_grid"])
+        return ThresholdPolicy(lambda split: boosted_probs(ims, split, gamma, final_exit), task.policy,
+                               params["q_grid"])

@@ -4,8 +4,9 @@ Ilhan et al., "EENet: Learning to Early Exit for Adaptive Inference", arXiv 2301
 as "Adaptive Deep Neural Network Inference Optimization with EENet"); equations as on the slides in
 ``../shared/papers/003_581877c910efdcfa.txt``.
 
-A post-hoc scheduler on a trained multi-exit model. The IMs are trained first as in §1 (Σ_k ℓ_k).
-Then, for every budget B (a target mean ``cost``) of ``budgets``:
+A post-hoc scheduler on a trained multi-exit model: the IMs are the shared IM stage's (Σ_k ℓ_k,
+:mod:`eebench.im_stage`). Then, for every budget B (a target mean ``cost``) of ``budgets`` (by
+default ``num_budgets`` evenly spaced from the first exit's cost to 1):
 
 - confidence features of exit k, from p_k = softmax(z_k): a_k = (max_c p_{k,c},
   1 + Σ_c p_{k,c} log p_{k,c} / log C, (1/k)·max_c Σ_{k'≤k} 1[argmax p_{k'} = c]);
@@ -20,21 +21,22 @@ Then, for every budget B (a target mean ``cost``) of ``budgets``:
   L_g = (1/K) Σ_n Σ_k w_{n,k} BCE(q̂_{n,k}, q_{n,k}) with
   w_{n,k} = (1 − Σ_{k'<k} r̂_{n,k'}) / Σ_{n'} (1 − Σ_{k'<k} r̂_{n',k'}) taken without gradient
   (as the released code detaches its weights); total L_g + α_ce·L_CE + α_cost·L_budget (Adam);
-- thresholds on ``val``: n_k = ⌊mean_n r̂_{n,k}·N⌋; in exit order, T_k is the n_k-th highest q̂_k
+- thresholds on the policy split: n_k = ⌊mean_n r̂_{n,k}·N⌋; in exit order, T_k is the n_k-th highest q̂_k
   among samples not yet exited, and those exit (:func:`eebench.exit_policy.thresholds_from_counts`).
   Test rule: exit at the first k with q̂_k ≥ T_k; a sample that passes no threshold exits at K.
   Thresholds are taken on the logit g_k of q̂_k, which orders samples identically, so that a
   sigmoid saturated at 1.0 in float32 cannot create ties.
 
-The scorers train on ``train``. α_ce and α_cost are chosen on ``val`` per budget among the
-candidates ``alpha_ce`` × ``alpha_cost``: the most accurate on val among those whose val cost is
+The scorers train on the policy split (the official code trains them on validation predictions),
+all (budget, α_ce, α_cost) schedulers side by side as one stacked model (Adam is elementwise, so
+this is the same as training them one by one on the same mini-batches). α_ce and α_cost are
+chosen on ``val`` per budget among the candidates ``alpha_ce`` × ``alpha_cost``: the most accurate on val among those whose val cost is
 within ``budget_tolerance`` of B, else the one whose val cost is closest to B; the chosen pair is
 part of the operating point's setting. One operating point per budget. Only g_k runs at test time
 (h_k shapes the exit shares during training), so the gate Mul-Adds of exit k < K are those of g_k.
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -42,51 +44,38 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from eebench.costs import module_muladds
 from eebench.errors import ConfigError
 from eebench.exit_policy import apply_thresholds, thresholds_from_counts
 from eebench.features import SplitFeatures
 from eebench.method import ExitMethod, ExitTask, FittedMethod, OperatingPoint, register_method
-from eebench.training import SGD_DEFAULTS, SGDSchedule, check_finite, exit_probs, minibatches, train_ims
-from methods.threshold import im_loss_weights
+from eebench.training import check_finite, exit_probs, minibatches
 
-BUDGETS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 ALPHA_CE = [0.1, 1.0]
 ALPHA_COST = [1.0, 10.0]
 
-log = logging.getLogger(__name__)
 
-
-def feasible_budgets(budgets: list[float], exit_costs: torch.Tensor, explicit: bool = True) -> list[float]:
-    """The budgets B EENet can meet: c_1 < B ≤ c_K (``methods.md`` §4; a mean cost below the first
-    exit's is unreachable, one above the last exit's is the full network).
+def feasible_budgets(budgets: list[float], exit_costs: torch.Tensor) -> list[float]:
+    """Check that EENet can meet every budget B: c_1 < B ≤ c_K (``methods.md`` §4; a mean cost below
+    the first exit's is unreachable, one above the last exit's is the full network).
 
     Args:
         budgets: target mean costs B (normalised Mul-Adds).
         exit_costs: ``[K]`` cost of exiting at each exit, increasing.
-        explicit: whether the user chose ``budgets``. The default grid (:data:`BUDGETS`) is the
-            same for every backbone, so its infeasible levels are dropped with a log line (on
-            T2T-ViT-7 at 28 px the first exit alone costs 0.31); a budget the user asked for that
-            cannot be met is an error.
 
     Returns:
-        the feasible budgets, in the given order.
+        the budgets as floats, in the given order.
 
     Raises:
-        ConfigError: an explicit budget is infeasible, or none is feasible.
+        ConfigError: a budget is infeasible, or none is given.
     """
     lo, hi = float(exit_costs[0]), float(exit_costs[-1])
     budgets = [float(b) for b in budgets]
-    keep = [b for b in budgets if lo < b <= hi]
-    dropped = [b for b in budgets if b not in keep]
-    where = f"each budget must lie in ({lo:.3f}, {hi:.3f}], the costs of the first and last exits"
-    if not keep or (dropped and explicit):
-        raise ConfigError(f"method.budgets={budgets}: {where}")
-    if dropped:
-        log.info("eenet: default budget(s) %s skipped on this backbone: %s", dropped, where)
-    return keep
+    if not budgets or any(not lo < b <= hi for b in budgets):
+        raise ConfigError(f"method.budgets={budgets}: each budget must lie in ({lo:.3f}, {hi:.3f}], the costs of "
+                          f"the first and last exits")
+    return budgets
 
 
 def confidence_features(probs: torch.Tensor) -> torch.Tensor:
@@ -124,30 +113,35 @@ def eenet_targets(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 
 
 def eenet_losses(g_logits: torch.Tensor, h: torch.Tensor, q: torch.Tensor, r: torch.Tensor,
-                 exit_costs: torch.Tensor, budget: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 exit_costs: torch.Tensor, budget: float | torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """EENet's three losses on a batch (Ilhan et al., §3.3, eqs. for L_g, L_CE and L_budget).
 
     Args:
-        g_logits: ``[N, K]`` logits of the scores, q̂ = sigmoid(g_logits).
-        h: ``[N, K]`` raw assignment scores, r̂ = softmax over k of h.
+        g_logits: ``[..., N, K]`` logits of the scores, q̂ = sigmoid(g_logits) (leading dims:
+            schedulers trained side by side).
+        h: ``[..., N, K]`` raw assignment scores, r̂ = softmax over k of h.
         q, r: ``[N, K]`` targets of :func:`eenet_targets`.
         exit_costs: ``[K]`` normalised costs c_k.
-        budget: B, the target mean cost.
+        budget: B, the target mean cost (a float, or ``[...]`` one per scheduler).
 
     Returns:
-        ``(L_g, L_CE, L_budget)``, scalars: L_g = (1/K) Σ_n Σ_k w_{n,k} BCE(q̂_{n,k}, q_{n,k}) with
-        w_{n,k} = s_{n,k} / Σ_{n'} s_{n',k}, s_{n,k} = 1 − Σ_{k'<k} r̂_{n,k'} (w without gradient);
-        L_CE = −(1/NK) Σ r log r̂; L_budget = |B − mean_n Σ_k r̂_{n,k} c_k| / B.
+        ``(L_g, L_CE, L_budget)``, each ``[...]`` (scalars for 2-D inputs): L_g = (1/K) Σ_n Σ_k
+        w_{n,k} BCE(q̂_{n,k}, q_{n,k}) with w_{n,k} = s_{n,k} / Σ_{n'} s_{n',k},
+        s_{n,k} = 1 − Σ_{k'<k} r̂_{n,k'} (w without gradient); L_CE = −(1/NK) Σ r log r̂;
+        L_budget = |B − mean_n Σ_k r̂_{n,k} c_k| / B.
     """
-    N, K = h.shape
-    log_r_hat = h.log_softmax(1)
+    N, K = h.shape[-2:]
+    budget = torch.as_tensor(budget, dtype=h.dtype)
+    log_r_hat = h.log_softmax(-1)
     r_hat = log_r_hat.exp()
-    l_ce = -(r * log_r_hat).sum() / (N * K)
-    l_budget = (budget - (r_hat * exit_costs).sum(1).mean()).abs() / budget
+    l_ce = -(r * log_r_hat).sum((-2, -1)) / (N * K)
+    l_budget = (budget - (r_hat * exit_costs).sum(-1).mean(-1)).abs() / budget
     with torch.no_grad():
-        survive = (1.0 - (r_hat.cumsum(1) - r_hat)).clamp_min(0.0)
-        w = survive / survive.sum(0, keepdim=True).clamp_min(1e-12)
-    l_g = (w * F.binary_cross_entropy_with_logits(g_logits, q, reduction="none")).sum() / K
+        survive = (1.0 - (r_hat.cumsum(-1) - r_hat)).clamp_min(0.0)
+        w = survive / survive.sum(-2, keepdim=True).clamp_min(1e-12)
+    bce = F.binary_cross_entropy_with_logits(g_logits, q.expand_as(g_logits), reduction="none")
+    l_g = (w * bce).sum((-2, -1)) / K
     return l_g, l_ce, l_budget
 
 
@@ -163,7 +157,8 @@ def eenet_thresholds(scores: np.ndarray, r_hat: np.ndarray) -> np.ndarray:
 
 
 class EENetScheduler(nn.Module):
-    """The scoring functions g_k and assignment functions h_k of exits 1..K, stacked.
+    """The scoring functions g_k and assignment functions h_k of exits 1..K, stacked; optionally M
+    schedulers side by side (``models``), each with its own parameters, all initialised alike.
 
     Exit k's input is u_k = (a_k, q̂_1..q̂_{k−1}), ``2 + k`` numbers, with the earlier scores
     detached. g_k is row k of ``g_weight`` restricted to its first 2 + k entries (an
@@ -171,68 +166,98 @@ class EENetScheduler(nn.Module):
     All exits are evaluated in one batched pass over u padded with zeros to 2 + K entries (the
     padding meets masked-out weights, so each exit sees exactly its own inputs); only the detached
     scores q̂_{<k} are computed exit by exit.
+
+    Args:
+        num_exits: K.
+        hidden: width of h_k's hidden layer.
+        models: M schedulers side by side (outputs gain a leading ``[M]``), or None for one.
     """
 
-    def __init__(self, num_exits: int, hidden: int = 16):
+    def __init__(self, num_exits: int, hidden: int = 16, models: int | None = None):
         super().__init__()
-        K, d = num_exits, 2 + num_exits
+        K, d, M = num_exits, 2 + num_exits, models or 1
+        self.single = models is None
         fan_in = torch.arange(3, K + 3, dtype=torch.float32)                       # 2 + k, k = 1..K
         self.register_buffer("mask", (torch.arange(d)[None, :] < fan_in[:, None]).float())   # [K, d]
         bound = fan_in.rsqrt()
-        self.g_weight = nn.Parameter((torch.rand(K, d) * 2 - 1) * bound[:, None] * self.mask)
-        self.g_bias = nn.Parameter((torch.rand(K) * 2 - 1) * bound)
-        self.h_weight1 = nn.Parameter((torch.rand(K, d, hidden) * 2 - 1) * bound[:, None, None] * self.mask[..., None])
-        self.h_bias1 = nn.Parameter((torch.rand(K, hidden) * 2 - 1) * bound[:, None])
-        self.h_weight2 = nn.Parameter((torch.rand(K, hidden) * 2 - 1) / hidden ** 0.5)
-        self.h_bias2 = nn.Parameter((torch.rand(K) * 2 - 1) / hidden ** 0.5)
+
+        def stacked(t: torch.Tensor) -> nn.Parameter:
+            return nn.Parameter(t.expand(M, *t.shape).clone())
+
+        self.g_weight = stacked((torch.rand(K, d) * 2 - 1) * bound[:, None] * self.mask)
+        self.g_bias = stacked((torch.rand(K) * 2 - 1) * bound)
+        self.h_weight1 = stacked((torch.rand(K, d, hidden) * 2 - 1) * bound[:, None, None] * self.mask[..., None])
+        self.h_bias1 = stacked((torch.rand(K, hidden) * 2 - 1) * bound[:, None])
+        self.h_weight2 = stacked((torch.rand(K, hidden) * 2 - 1) / hidden ** 0.5)
+        self.h_bias2 = stacked((torch.rand(K) * 2 - 1) / hidden ** 0.5)
 
     @property
     def num_exits(self) -> int:
         return self.mask.shape[0]
 
-    def inputs(self, features: torch.Tensor) -> torch.Tensor:
-        """``[N, K, 3]`` confidence features → ``[N, K, 2 + K]`` inputs u_k (zero-padded), the
-        earlier scores q̂_{<k} computed exit by exit without gradient."""
+    def _out(self, t: torch.Tensor) -> torch.Tensor:
+        return t[0] if self.single else t
+
+    def _inputs(self, features: torch.Tensor) -> torch.Tensor:
         N, K, _ = features.shape
-        w = (self.g_weight * self.mask).detach()
-        scores = features.new_zeros(N, K - 1)
+        M = self.g_weight.shape[0]
+        w = (self.g_weight * self.mask).detach()                                    # [M, K, d]
+        b = self.g_bias.detach()
+        scores = features.new_zeros(M, N, K - 1)
         with torch.no_grad():
             for k in range(K - 1):
-                logit = features[:, k] @ w[k, :3] + scores[:, :k] @ w[k, 3:3 + k] + self.g_bias[k]
-                scores[:, k] = torch.sigmoid(logit)
+                logit = (features[:, k] @ w[:, k, :3].T).T + torch.einsum("mnj,mj->mn", scores[:, :, :k],
+                                                                           w[:, k, 3:3 + k]) + b[:, k, None]
+                scores[:, :, k] = torch.sigmoid(logit)
         earlier = torch.ones(K, K - 1).tril(-1)                                     # [k, j]: j < k
-        return torch.cat([features, scores[:, None, :] * earlier], dim=-1)
+        return torch.cat([features.expand(M, N, K, 3), scores[:, :, None, :] * earlier], dim=-1)
+
+    def inputs(self, features: torch.Tensor) -> torch.Tensor:
+        """``[N, K, 3]`` confidence features → ``[(M,) N, K, 2 + K]`` inputs u_k (zero-padded), the
+        earlier scores q̂_{<k} computed exit by exit without gradient."""
+        return self._out(self._inputs(features))
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[N, K, 3]`` confidence features → ``(g_logits, h)``, each ``[N, K]`` (q̂ = sigmoid(g_logits))."""
-        u = self.inputs(features)
-        g_logits = (u * (self.g_weight * self.mask)).sum(-1) + self.g_bias
-        hidden = torch.relu(torch.einsum("nkd,kdh->nkh", u, self.h_weight1 * self.mask[..., None]) + self.h_bias1)
-        h = (hidden * self.h_weight2).sum(-1) + self.h_bias2
-        return g_logits, h
+        """``[N, K, 3]`` confidence features → ``(g_logits, h)``, each ``[(M,) N, K]`` (q̂ = sigmoid(g_logits))."""
+        u = self._inputs(features)
+        g_logits = (u * (self.g_weight * self.mask)[:, None]).sum(-1) + self.g_bias[:, None]
+        hidden = torch.relu(torch.einsum("mnkd,mkdh->mnkh", u, self.h_weight1 * self.mask[..., None])
+                            + self.h_bias1[:, None])
+        h = (hidden * self.h_weight2[:, None]).sum(-1) + self.h_bias2[:, None]
+        return self._out(g_logits), self._out(h)
 
     def gate_muladds(self) -> list[int]:
         """Mul-Adds of g_k, an ``nn.Linear(2 + k, 1)``, for the exits k < K (h_k does not run at test time)."""
         return [module_muladds(nn.Linear(2 + k, 1), torch.zeros(1, 2 + k)) for k in range(1, self.num_exits)]
 
+    @torch.no_grad()
+    def scores(self, features: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` over a whole split in chunks of samples: ``(g_logits, h)``, ``[(M,) N, K]``."""
+        parts = [self(features[i:i + chunk]) for i in range(0, features.shape[0], chunk)]
+        dim = 0 if self.single else 1
+        return torch.cat([g for g, _ in parts], dim), torch.cat([h for _, h in parts], dim)
+
+
+def auto_budgets(first_exit_cost: float, count: int) -> list[float]:
+    """The default budgets: ``count`` target mean costs evenly spaced from the first exit's cost c_1
+    (excluded: a mean cost of c_1 is everyone at exit 1) to 1, the plain backbone's cost:
+    B_j = c_1 + (1 − c_1)·j / count, j = 1..count, rounded to 4 decimals."""
+    return [round(first_exit_cost + (1.0 - first_exit_cost) * j / count, 4) for j in range(1, count + 1)]
+
 
 class EENetFitted(FittedMethod):
-    """IMs shared by every budget; one scheduler and threshold vector per budget."""
+    """IMs shared by every budget; the chosen schedulers (stacked) and one threshold vector per budget."""
 
-    def __init__(self, ims: nn.ModuleList, schedulers: list[tuple[dict[str, Any], EENetScheduler, np.ndarray]],
-                 gate_muladds: list[int]):
-        self.ims, self.schedulers, self.gate_muladds = ims, schedulers, gate_muladds
+    def __init__(self, ims: nn.ModuleList, scheduler: EENetScheduler,
+                 chosen: list[tuple[dict[str, Any], int, np.ndarray]], gate_muladds: list[int]):
+        self.ims, self.scheduler, self.chosen, self.gate_muladds = ims, scheduler, chosen, gate_muladds
 
     @torch.no_grad()
     def predict(self, split: SplitFeatures) -> list[OperatingPoint]:
         probs = exit_probs(self.ims, split)
-        feats = confidence_features(probs)
-        points = []
-        for setting, scheduler, T in self.schedulers:
-            g_logits, _ = scheduler(feats)
-            exits = apply_thresholds(g_logits.double().numpy(), T)
-            points.append(OperatingPoint(dict(setting), exits, probs, self.gate_muladds))
-        return points
+        g_logits, _ = self.scheduler.scores(confidence_features(probs))
+        return [OperatingPoint(dict(setting), apply_thresholds(g_logits[m].double().numpy(), T), probs,
+                               self.gate_muladds) for setting, m, T in self.chosen]
 
 
 @register_method
@@ -241,82 +266,76 @@ class EENet(ExitMethod):
     aliases = ("ee-net",)
     paper = "Ilhan et al., arXiv 2301.07099 / WACV 2024 (EENet)"
     parameters: dict[str, Any] = {
-        **SGD_DEFAULTS,              # IM training (methods.md §1)
-        "loss_weights": "uniform",
-        "budgets": BUDGETS,          # one operating point per target mean cost B
+        "budgets": [],               # target mean costs B; empty: num_budgets from the first exit's cost to 1
+        "num_budgets": 10,
         "alpha_ce": ALPHA_CE,        # candidates, chosen on val per budget
         "alpha_cost": ALPHA_COST,
         "budget_tolerance": 0.02,    # val cost within B ± this counts as meeting the budget
         "scorer_hidden": 16,
-        "scorer_steps": 1000,        # Adam steps per scheduler
+        "scorer_steps": 1000,        # Adam steps of the schedulers
         "scorer_lr": 1e-3,
         "scorer_weight_decay": 1e-4,
         "scorer_batch_size": 512,
     }
-    grid = {"budgets": [[b] for b in BUDGETS], "alpha_ce": [[a] for a in ALPHA_CE],
-            "alpha_cost": [[a] for a in ALPHA_COST]}
-    test_parameters = {"epochs": 4, "budgets": [0.4, 0.7], "alpha_ce": [1.0], "alpha_cost": [10.0],
-                       "scorer_steps": 300}
+    grid = {"alpha_ce": [[a] for a in ALPHA_CE], "alpha_cost": [[a] for a in ALPHA_COST]}
+    test_parameters = {"num_budgets": 3, "alpha_ce": [1.0], "alpha_cost": [10.0], "scorer_steps": 300}
 
     def fit(self, task: ExitTask, params: dict[str, Any], seed: int) -> EENetFitted:
         K = task.num_exits
         gate_muladds = EENetScheduler(K, int(params["scorer_hidden"])).gate_muladds()
         costs = task.costs.exit_costs(gate_muladds)
-        budgets = feasible_budgets(params["budgets"], costs, explicit=list(params["budgets"]) != BUDGETS)
+        budgets = feasible_budgets(params["budgets"] or auto_budgets(float(costs[0]), int(params["num_budgets"])),
+                                   costs)
         alphas = [(float(a), float(b)) for a in params["alpha_ce"] for b in params["alpha_cost"]]
         if not alphas:
             raise ConfigError("method.alpha_ce and method.alpha_cost need at least one value each")
+        settings = [(B, a_ce, a_cost) for B in budgets for a_ce, a_cost in alphas]
+        ims = task.trained_ims()
+        policy_p, val_p = exit_probs(ims, task.policy), exit_probs(ims, task.val)
+        policy_f, val_f = confidence_features(policy_p), confidence_features(val_p)
+        q, r = eenet_targets(policy_p, task.policy.labels)
         torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        ims = task.make_ims()
-        schedule = SGDSchedule.from_params(params)
-        with tqdm(total=schedule.epochs + len(budgets) * len(alphas), desc="eenet", leave=False) as bar:
-            train_ims(ims, task.train, im_loss_weights(params["loss_weights"], K), schedule, gen,
-                      where="eenet: IM training", progress=bar)
-            train_p, val_p = exit_probs(ims, task.train), exit_probs(ims, task.val)
-            train_f, val_f = confidence_features(train_p), confidence_features(val_p)
-            q, r = eenet_targets(train_p, task.train.labels)
-            val_correct = (val_p.argmax(-1) == task.val.labels[:, None]).numpy()
-            c = torch.as_tensor(costs, dtype=torch.float32)
-            schedulers = []
-            for B in budgets:
-                best = None
-                for a_ce, a_cost in alphas:
-                    torch.manual_seed(seed)
-                    scheduler = self._fit_scheduler(train_f, q, r, c, B, a_ce, a_cost, params, gen)
-                    with torch.no_grad():
-                        g_val, h_val = scheduler(val_f)
-                    T = eenet_thresholds(g_val.double().numpy(), h_val.softmax(1).numpy())
-                    exits = apply_thresholds(g_val.double().numpy(), T)
-                    val_cost = float(costs[exits].mean())
-                    val_acc = float(val_correct[np.arange(len(exits)), exits].mean())
-                    meets = abs(val_cost - B) <= params["budget_tolerance"]
-                    key = (meets, val_acc if meets else -abs(val_cost - B))
-                    if best is None or key > best[0]:
-                        best = (key, {"budget": B, "alpha_ce": a_ce, "alpha_cost": a_cost}, scheduler, T)
-                    bar.update(1)
-                schedulers.append(best[1:])
-        return EENetFitted(ims, schedulers, gate_muladds)
+        scheduler = self._fit_schedulers(policy_f, q, r, torch.as_tensor(costs, dtype=torch.float32), settings,
+                                         params, torch.Generator().manual_seed(seed), task.progress)
+        g_policy, h_policy = scheduler.scores(policy_f)
+        g_val, _ = scheduler.scores(val_f)
+        val_correct = (val_p.argmax(-1) == task.val.labels[:, None]).numpy()
+        best: dict[float, tuple] = {}
+        for m, (B, a_ce, a_cost) in enumerate(settings):
+            T = eenet_thresholds(g_policy[m].double().numpy(), h_policy[m].softmax(-1).numpy())
+            exits = apply_thresholds(g_val[m].double().numpy(), T)
+            val_cost = float(costs[exits].mean())
+            val_acc = float(val_correct[np.arange(len(exits)), exits].mean())
+            meets = abs(val_cost - B) <= params["budget_tolerance"]
+            key = (meets, val_acc if meets else -abs(val_cost - B))
+            if B not in best or key > best[B][0]:
+                best[B] = (key, {"budget": B, "alpha_ce": a_ce, "alpha_cost": a_cost}, m, T)
+        chosen = [best[B][1:] for B in budgets]
+        return EENetFitted(ims, scheduler, chosen, gate_muladds)
 
     @staticmethod
-    def _fit_scheduler(features: torch.Tensor, q: torch.Tensor, r: torch.Tensor, costs: torch.Tensor, budget: float,
-                       alpha_ce: float, alpha_cost: float, params: dict[str, Any], gen: torch.Generator
-                       ) -> EENetScheduler:
-        """Train g_k and h_k on ``train`` with L_g + α_ce·L_CE + α_cost·L_budget (Adam)."""
-        scheduler = EENetScheduler(features.shape[1], int(params["scorer_hidden"]))
+    def _fit_schedulers(features: torch.Tensor, q: torch.Tensor, r: torch.Tensor, costs: torch.Tensor,
+                        settings: list[tuple[float, float, float]], params: dict[str, Any], gen: torch.Generator,
+                        progress: Any) -> EENetScheduler:
+        """Train one scheduler per (B, α_ce, α_cost) of ``settings`` on the policy split, side by side,
+        with L_g + α_ce·L_CE + α_cost·L_budget each (Adam)."""
+        scheduler = EENetScheduler(features.shape[1], int(params["scorer_hidden"]), models=len(settings))
+        B, a_ce, a_cost = (torch.tensor(col, dtype=torch.float32) for col in zip(*settings))
         opt = torch.optim.Adam(scheduler.parameters(), lr=params["scorer_lr"], weight_decay=params["scorer_weight_decay"])
         steps, total = 0, int(params["scorer_steps"])
-        while steps < total:
-            for idx in minibatches(features.shape[0], int(params["scorer_batch_size"]), gen):
-                g_logits, h = scheduler(features[idx])
-                l_g, l_ce, l_budget = eenet_losses(g_logits, h, q[idx], r[idx], costs, budget)
-                loss = l_g + alpha_ce * l_ce + alpha_cost * l_budget
-                check_finite(loss, f"eenet (budget={budget}), scheduler step {steps + 1}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                steps += 1
-                if steps == total:
-                    break
+        with progress("eenet schedulers", total) as bar:
+            while steps < total:
+                for idx in minibatches(features.shape[0], int(params["scorer_batch_size"]), gen):
+                    g_logits, h = scheduler(features[idx])
+                    l_g, l_ce, l_budget = eenet_losses(g_logits, h, q[idx], r[idx], costs, B)
+                    loss = (l_g + a_ce * l_ce + a_cost * l_budget).sum()
+                    check_finite(loss, f"eenet, scheduler step {steps + 1}")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    steps += 1
+                    bar.update(1)
+                    if steps == total:
+                        break
         scheduler.eval()
         return scheduler

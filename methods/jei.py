@@ -5,42 +5,26 @@ ICLR 2024 (``../shared/papers/``). Gate l < K is ``nn.Linear(4, 1)`` on four sta
 softmax, taken without gradient to the IM; g_l = sigmoid(gate). The exit distribution is the
 constrained sum P(G=l|x) = max(0, min(g_l, 1 − Σ_{j<l} g_j)), P(G=K|x) = 1 − Σ_{l<K} P(G=l|x).
 
-Training: a warm-up of the IMs alone with Σ_l (K+1−l)·ℓ_l, then, per λ, alternating phases of
+Training: the IMs start from the shared IM stage (:mod:`eebench.im_stage`: Σ_l ℓ_l until val
+stalls, in place of the paper's warm-up with weights K+1−l), then, per λ, alternating phases of
 ``alternate_every`` mini-batches, gate phase first (the bi-level problem of the paper, §4):
 
-- gate phase (outer problem, surrogate targets of §4.2): C_l = ℓ_l + λ·c_l, l* = argmin_l C_l,
-  t_l = 1[l ≥ l*] for l < K, loss BCE(g_l, t_l) with the positive class weighted by
-  min(#neg/#pos, ``pos_weight_cap``), counted on ``val`` at the start of each epoch;
-- IM phase (inner problem): Σ_l P(G=l|x)·ℓ_l with P detached (``im_loss: weighted``), or the
-  uniform mean of ℓ_l that the official code reduces to (``im_loss: uniform``). The default,
-  ``uniform``, was chosen on val: on CIFAR-10 / ResNet-56 its val curve lies above the weighted
-  one (79.5 % at val cost 0.62 and 75.4 % at 0.52, against 77.0 % at 0.59 and 73.1 % at 0.48,
-  with an exit after each of its 27 blocks; with its 9 exits now the two are within 0.5 points at
-  val cost 0.4–0.7, seed 0); on digits the two are within a point everywhere.
+- gate phase (outer problem, surrogate targets of §4.2), on mini-batches of the policy split:
+  C_l = ℓ_l + λ·c_l, l* = argmin_l C_l, t_l = 1[l ≥ l*] for l < K, loss BCE(g_l, t_l) with the
+  positive class weighted by min(#neg/#pos, ``pos_weight_cap``), counted on ``val`` at the start
+  of each epoch;
+- IM phase (inner problem), on mini-batches of ``train``: Σ_l P(G=l|x)·ℓ_l with P detached
+  (``im_loss: weighted``), or the uniform mean of ℓ_l that the official code reduces to
+  (``im_loss: uniform``, the default, chosen on val).
+
+With ``im_loss: uniform`` the IM phase depends on neither λ nor the gates, so every λ shares one
+IM trajectory and the gates of all λ train side by side on it (the same updates as one run per λ
+with the same mini-batches). With ``weighted`` each λ trains its own IMs.
 
 Test rule: e_l = P(G=l) / (1 − Σ_{j<l} P(G=j)); exit at the first l with e_l ≥ 0.5, else K.
 
-Two defaults depart from ``methods.md`` (which gives SGD lr 0.01 for everything and a cap of 5),
-because with many exits they break the method; ``--set method.gate_lr=0.01
---set method.pos_weight_cap=5`` restores the letter of it. With ResNet-56's 9 exits (val, seed 0,
-full runs), the letter of it peaks at 77.9 % (cost 0.60; 75.6 % at 0.70 for λ = 0.01), the defaults
-reach 84.0 % at cost 0.71 and 85.5 % at 0.80 (val backbone 84.7 %). First measured on CIFAR-10 /
-ResNet-56 with an exit after each of its 27 blocks (IMs after a 3-epoch warm-up, gates alone for
-3000 steps, λ = 0.01, val):
-
-- ``gate_lr`` 0.1: at lr 0.01 the gates (logistic regressions on 4 statistics, bias starting near
-  g = 0.5) are still far from converged after 3000 steps (val 77.1 % at cost 0.69, against
-  79.9 % at 0.79 at lr 0.1); a full run (15 epochs, half of the steps on gates) exited 80 % of
-  the samples by exit 10 even at λ = 0.01 (62.4 % at cost 0.31; backbone 83.0 %).
-- ``pos_weight_cap`` 1: the exit distribution spends 1 − Σ_{j<l} g_j, so the early gates' g add
-  up; with 26 gates, weighting the rare positives by 5 lifts every g and exhausts the mass within
-  a few exits (65.3 % at cost 0.46, against 79.9 % at 0.79 with the cap at 1).
-
-The same sum limits how many exits JEI-DNN can use at all: its gates learn the cumulative targets,
-g_l ≈ P(l* ≤ l), so Σ_l g_l grows with the number of gates whatever λ is. With 26 gates it passed 1
-for every val sample even at λ = 0.01 (Σ_l mean g_l ≈ 2.1) and every sample left by exit 23: the
-best point stayed at cost 0.76 and 78.8 % test accuracy over 3 seeds, below the threshold's 84.9 %.
-This is why the CIFAR ResNets carry 9 exits (``eebench/backbones/cifar_resnet.py``).
+Departures from ``methods.md`` (``gate_lr`` 0.1, ``pos_weight_cap`` 1, the warm-up, the λ grid) and
+the measurements behind them: ``docs/decisions.md``.
 """
 from __future__ import annotations
 
@@ -51,16 +35,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from eebench.costs import module_muladds
 from eebench.features import SplitFeatures
 from eebench.method import ExitMethod, ExitTask, FittedMethod, OperatingPoint, register_method
-from eebench.training import (SGD_DEFAULTS, SGDSchedule, all_exit_logits, check_finite, im_logits,
-                              minibatches, per_exit_ce, train_ims)
-from methods.threshold import im_loss_weights
+from eebench.training import (SGD_DEFAULTS, SGDSchedule, all_exit_logits, check_finite, cycle_minibatches, eval_mode,
+                              im_logits, minibatches, per_exit_ce)
 
-LAMBDAS = [0.01, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]
+#: methods.md's grid (0.01 … 5) extended at both ends, so that every setting has points near cost 1 and
+#: near its first exit's cost (docs/decisions.md).
+LAMBDAS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0]
 
 
 def gate_features(logits: torch.Tensor) -> torch.Tensor:
@@ -128,33 +112,49 @@ def gate_targets(losses: torch.Tensor, exit_costs: torch.Tensor, lam: float) -> 
 
 
 class JEIGates(nn.Module):
-    """The K−1 gates: ``nn.Linear(4, 1)`` each on :func:`gate_features` of a detached IM output."""
+    """The K−1 gates of M models side by side: gate (m, l) is an ``nn.Linear(4, 1)`` on
+    :func:`gate_features` of a detached IM output; all M models start from the same initialisation.
 
-    def __init__(self, num_exits: int):
+    Args:
+        num_exits: K.
+        models: M.
+    """
+
+    def __init__(self, num_exits: int, models: int = 1):
         super().__init__()
-        self.gates = nn.ModuleList(nn.Linear(4, 1) for _ in range(num_exits - 1))
+        one = nn.Linear(4, num_exits - 1)      # row l: the weights of gate l, with nn.Linear's initialisation
+        self.weight = nn.Parameter(one.weight.detach().expand(models, -1, -1).clone())   # [M, K−1, 4]
+        self.bias = nn.Parameter(one.bias.detach().expand(models, -1).clone())           # [M, K−1]
 
     def forward(self, logits: list[torch.Tensor]) -> torch.Tensor:
-        """K−1 IM logits ``[B, C]`` → gate logits ``[B, K−1]`` (sigmoid gives g)."""
-        return torch.cat([gate(gate_features(z.detach())) for gate, z in zip(self.gates, logits)], dim=-1)
+        """K−1 IM logits ``[B, C]`` → gate logits ``[M, B, K−1]`` (sigmoid gives g)."""
+        feats = torch.stack([gate_features(z.detach()) for z in logits], 1)           # [B, K−1, 4]
+        return torch.einsum("blf,mlf->mbl", feats, self.weight) + self.bias[:, None]
+
+    def muladds(self) -> list[int]:
+        """Mul-Adds of gate l < K, an ``nn.Linear(4, 1)`` (its input statistics are not counted)."""
+        return [module_muladds(nn.Linear(4, 1), torch.zeros(1, 4))] * self.weight.shape[1]
 
 
 class JEIFitted(FittedMethod):
-    """IMs and gates per λ; one operating point per λ."""
+    """Per group of λ sharing IMs: the IMs and the gates of each λ; one operating point per λ."""
 
-    def __init__(self, models: dict[float, tuple[nn.ModuleList, JEIGates]], gate_muladds: list[int]):
-        self.models, self.gate_muladds = models, gate_muladds
+    def __init__(self, groups: list[tuple[list[float], nn.ModuleList, JEIGates]], gate_muladds: list[int]):
+        self.groups, self.gate_muladds = groups, gate_muladds
 
     @torch.no_grad()
     def predict(self, split: SplitFeatures) -> list[OperatingPoint]:
         points = []
-        for lam, (ims, gates) in self.models.items():
-            ims.eval()
-            logits = all_exit_logits(ims, split)
-            g = torch.sigmoid(gates(list(logits[:, :-1].unbind(1))))
-            exits = exit_decision(exit_distribution(g))
-            points.append(OperatingPoint({"lambda": lam}, exits.numpy(), logits.softmax(-1), self.gate_muladds))
-        return points
+        for lams, ims, gates in self.groups:
+            with eval_mode(ims):
+                logits = all_exit_logits(ims, split)
+            g = torch.sigmoid(gates(list(logits[:, :-1].unbind(1))))                   # [M, N, K−1]
+            probs = logits.softmax(-1)
+            for lam, g_lam in zip(lams, g):
+                exits = exit_decision(exit_distribution(g_lam))
+                points.append(OperatingPoint({"lambda": lam}, exits.numpy(), probs, self.gate_muladds))
+        order = {lam: i for i, lam in enumerate(lam for lams, _, _ in self.groups for lam in lams)}
+        return sorted(points, key=lambda p: order[p.setting["lambda"]])
 
 
 @register_method
@@ -165,49 +165,55 @@ class JEI(ExitMethod):
     parameters: dict[str, Any] = {
         **SGD_DEFAULTS,
         "lambdas": LAMBDAS,        # one operating point per λ
-        "im_loss": "uniform",      # weighted | uniform; chosen on val (module docstring)
-        "warmup_epochs": 5,
+        "im_loss": "uniform",      # weighted | uniform; chosen on val (docs/decisions.md)
         "alternate_every": 200,    # mini-batches per phase, gate phase first
-        "pos_weight_cap": 1.0,     # methods.md: 5 (see the module docstring)
-        "gate_lr": 0.1,            # methods.md: the IMs' lr, 0.01 (see the module docstring)
+        "pos_weight_cap": 1.0,     # methods.md: 5 (docs/decisions.md)
+        "gate_lr": 0.1,            # methods.md: the IMs' lr, 0.01 (docs/decisions.md)
     }
     grid = {"im_loss": ["weighted", "uniform"], "pos_weight_cap": [1.0, 5.0]}
-    test_parameters = {"epochs": 4, "warmup_epochs": 2, "lambdas": [0.1, 1.0]}
+    test_parameters = {"epochs": 4, "lambdas": [0.1, 1.0]}
 
     def fit(self, task: ExitTask, params: dict[str, Any], seed: int) -> JEIFitted:
         if params["im_loss"] not in ("weighted", "uniform"):
             raise ValueError(f"im_loss must be 'weighted' or 'uniform', got {params['im_loss']!r}")
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
         K = task.num_exits
-        ims = task.make_ims()
+        lams = [float(lam) for lam in params["lambdas"]]
+        gate_muladds = JEIGates(K).muladds()
+        costs = torch.as_tensor(task.costs.exit_costs(gate_muladds), dtype=torch.float32)
         schedule = SGDSchedule.from_params(params)
-        with tqdm(total=params["warmup_epochs"] + len(params["lambdas"]) * schedule.epochs,
-                  desc="jei", unit="epoch", leave=False) as bar:
-            train_ims(ims, task.train, im_loss_weights("linear", K),
-                      SGDSchedule.from_params(params, epochs=params["warmup_epochs"]), gen,
-                      where="jei: warm-up", progress=bar)
-            gate_muladds = [module_muladds(g, torch.zeros(1, 4)) for g in JEIGates(K).gates]
-            costs = torch.as_tensor(task.costs.exit_costs(gate_muladds), dtype=torch.float32)
-            models = {}
-            for lam in params["lambdas"]:
+        shared = params["im_loss"] == "uniform"
+        groups = [lams] if shared else [[lam] for lam in lams]
+        start = task.trained_ims()
+        fitted = []
+        with task.progress("jei", len(groups) * schedule.epochs) as bar:
+            for group in groups:
                 torch.manual_seed(seed)
-                ims_lam, gates = copy.deepcopy(ims), JEIGates(K)
-                self._train_joint(ims_lam, gates, task, float(lam), costs, params, schedule, gen, bar)
-                models[float(lam)] = (ims_lam, gates)
-        return JEIFitted(models, gate_muladds)
+                ims, gates = copy.deepcopy(start), JEIGates(K, len(group))
+                self._train_joint(ims, gates, task, group, costs, params, schedule,
+                                  torch.Generator().manual_seed(seed), bar)
+                fitted.append((group, ims, gates))
+        return JEIFitted(fitted, gate_muladds)
 
     @staticmethod
     @torch.no_grad()
-    def _pos_weight(ims: nn.ModuleList, val: SplitFeatures, lam: float, costs: torch.Tensor, cap: float) -> float:
-        """min(#neg / #pos, cap) of the gate targets on ``val`` (pooled over gates)."""
-        t = gate_targets(per_exit_ce(all_exit_logits(ims, val), val.labels), costs, lam)
-        pos = float(t.sum())
-        return cap if pos == 0 else min((t.numel() - pos) / pos, cap)
+    def _pos_weights(ims: nn.ModuleList, val: SplitFeatures, lams: list[float], costs: torch.Tensor,
+                     cap: float) -> torch.Tensor:
+        """min(#neg / #pos, cap) of the gate targets on ``val`` (pooled over gates), per λ: ``[M]``."""
+        with eval_mode(ims):
+            ce = per_exit_ce(all_exit_logits(ims, val), val.labels)
+        out = []
+        for lam in lams:
+            t = gate_targets(ce, costs, lam)
+            pos = float(t.sum())
+            out.append(cap if pos == 0 else min((t.numel() - pos) / pos, cap))
+        return torch.tensor(out)
 
-    def _train_joint(self, ims: nn.ModuleList, gates: JEIGates, task: ExitTask, lam: float, costs: torch.Tensor,
-                     params: dict[str, Any], schedule: SGDSchedule, gen: torch.Generator, bar: tqdm) -> None:
-        train = task.train
+    def _train_joint(self, ims: nn.ModuleList, gates: JEIGates, task: ExitTask, lams: list[float],
+                     costs: torch.Tensor, params: dict[str, Any], schedule: SGDSchedule, gen: torch.Generator,
+                     bar: Any) -> None:
+        """The alternating phases for the λ of ``lams``, whose gates train side by side on shared IMs
+        (several λ only with ``im_loss: uniform``)."""
+        train, policy = task.train, task.policy
         total = schedule.epochs * schedule.steps_per_epoch(train.n)
         every = params["alternate_every"]
         gate_steps = sum((s // every) % 2 == 0 for s in range(total))
@@ -216,31 +222,34 @@ class JEI(ExitMethod):
         gate_schedule = dataclasses.replace(schedule, lr=float(params["gate_lr"]),
                                             lr_min=min(schedule.lr_min, float(params["gate_lr"])))
         opt_gate, sched_gate = gate_schedule.build(gates.parameters(), gate_steps)
+        policy_batches = cycle_minibatches(policy.n, schedule.batch_size, gen)
+        lam_t = torch.tensor(lams)
         step = 0
         for epoch in range(schedule.epochs):
-            pos_weight = torch.tensor(self._pos_weight(ims, task.val, lam, costs, params["pos_weight_cap"]))
+            pos_weight = self._pos_weights(ims, task.val, lams, costs, params["pos_weight_cap"])[:, None, None]
             ims.train()
             for idx in minibatches(train.n, schedule.batch_size, gen):
-                y = train.labels[idx]
-                gate_phase = (step // every) % 2 == 0
-                if gate_phase:
+                if (step // every) % 2 == 0:           # gate phase, on the policy split
+                    pidx = next(policy_batches)
                     with torch.no_grad():
-                        z = im_logits(ims, train, idx)
-                        ce = per_exit_ce(torch.stack([*z, train.logits[idx]], 1), y)
-                    loss = F.binary_cross_entropy_with_logits(gates(z), gate_targets(ce, costs, lam),
-                                                              pos_weight=pos_weight)
+                        z = im_logits(ims, policy, pidx)
+                        ce = per_exit_ce(torch.stack([*z, policy.logits[pidx]], 1), policy.labels[pidx])
+                    targets = torch.stack([gate_targets(ce, costs, float(lam)) for lam in lam_t])  # [M, B, K−1]
+                    loss = F.binary_cross_entropy_with_logits(gates(z), targets, pos_weight=pos_weight,
+                                                              reduction="none").mean((1, 2)).sum()
                     opt, sched = opt_gate, sched_gate
-                else:
+                else:                                  # IM phase, on train
+                    y = train.labels[idx]
                     z = im_logits(ims, train, idx)
                     ce = torch.stack([F.cross_entropy(zl, y, reduction="none") for zl in z], 1)  # [B, K-1]
                     if params["im_loss"] == "weighted":
                         with torch.no_grad():
-                            P = exit_distribution(torch.sigmoid(gates(z)))
+                            P = exit_distribution(torch.sigmoid(gates(z)[0]))
                         loss = (P[:, :-1] * ce).sum(1).mean()
                     else:
                         loss = ce.mean()
                     opt, sched = opt_im, sched_im
-                check_finite(loss, f"jei (lambda={lam}), epoch {epoch + 1}")
+                check_finite(loss, f"jei (lambda={lams if len(lams) > 1 else lams[0]}), epoch {epoch + 1}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -7,7 +7,7 @@ import torch
 
 from eebench.errors import ConfigError
 from eebench.exit_policy import apply_thresholds
-from methods.eenet import (BUDGETS, EENetScheduler, confidence_features, eenet_losses, eenet_targets, eenet_thresholds,
+from methods.eenet import (EENetScheduler, auto_budgets, confidence_features, eenet_losses, eenet_targets, eenet_thresholds,
                            feasible_budgets)
 
 
@@ -93,11 +93,34 @@ def test_scheduler_inputs_see_only_earlier_scores():
     assert sched.gate_muladds() == [3, 4, 5]
 
 
-def test_feasible_budgets_drop_default_levels_below_the_first_exit_and_reject_explicit_ones():
+def test_feasible_budgets_reject_levels_outside_the_exit_costs():
     costs = torch.tensor([0.306, 0.5, 1.001])                     # T2T-ViT-7 at 28 px: exit 1 costs 0.306
-    assert feasible_budgets(BUDGETS, costs, explicit=False) == [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     assert feasible_budgets([0.5, 1.001], costs) == [0.5, 1.001]
     with pytest.raises(ConfigError, match=r"budgets=\[0.3, 0.5\]: each budget must lie in \(0.306, 1.001\]"):
         feasible_budgets([0.3, 0.5], costs)
     with pytest.raises(ConfigError, match="must lie in"):
-        feasible_budgets([0.1, 0.2], costs, explicit=False)
+        feasible_budgets([], costs)
+
+
+def test_auto_budgets_run_from_the_first_exit_to_the_backbone():
+    # c_1 = 0.2, 4 budgets: 0.2 + 0.8 j / 4
+    assert auto_budgets(0.2, 4) == [0.4, 0.6, 0.8, 1.0]
+    assert feasible_budgets(auto_budgets(0.306, 10), torch.tensor([0.306, 0.5, 1.001]))[0] == pytest.approx(0.3754)
+
+
+def test_stacked_schedulers_equal_separate_ones():
+    torch.manual_seed(0)
+    stacked = EENetScheduler(4, hidden=8, models=3)
+    torch.manual_seed(0)
+    single = EENetScheduler(4, hidden=8)
+    feats = torch.rand(5, 4, 3)
+    g3, h3 = stacked(feats)
+    g1, h1 = single(feats)
+    assert g3.shape == (3, 5, 4) and torch.allclose(g3[2], g1) and torch.allclose(h3[0], h1)
+    q = torch.randint(0, 2, (5, 4)).float()
+    r = torch.full((5, 4), 0.25)
+    costs = torch.tensor([0.3, 0.5, 0.8, 1.0])
+    losses = eenet_losses(g3, h3, q, r, costs, torch.tensor([0.4, 0.5, 0.6]))
+    for m, B in enumerate((0.4, 0.5, 0.6)):
+        for stacked_loss, loss in zip(losses, eenet_losses(g1, h1, q, r, costs, B)):
+            assert torch.allclose(stacked_loss[m], loss)

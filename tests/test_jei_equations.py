@@ -57,11 +57,3 @@ def test_gate_features():
     sharp = (p ** 2) / (p ** 2).sum()          # softmax(2 z) with z = log p
     entropy_sharp = -sum(x * math.log(x) for x in sharp.tolist())
     assert torch.allclose(f, torch.tensor([0.5, entropy, 0.2, entropy_sharp]), atol=1e-6)
-
-
-def test_warmup_weights_are_linear_and_scaled_to_mean_one():
-    # K = 4: raw weights K+1-k for k = 1..3 are 4, 3, 2 (mean 3) -> 4/3, 1, 2/3
-    from methods.threshold import im_loss_weights
-
-    assert torch.allclose(im_loss_weights("linear", 4), torch.tensor([4 / 3, 1.0, 2 / 3]))
-    assert torch.equal(im_loss_weights("uniform", 4), torch.ones(3))

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import read_record
 from eebench.method import load_methods
+from methods.eenet import auto_budgets
 
 
 def _run(cli, tmp_path, method: str) -> dict:
@@ -49,10 +50,11 @@ def test_eenet_meets_its_budgets(cli, tmp_path):
     record = _run(cli, tmp_path, "eenet")
     points = record["operating_points"]
     budgets = [p["setting"]["budget"] for p in points]
-    assert budgets == load_methods().get("eenet").test_parameters["budgets"]
+    # the default budgets run from the first exit's cost (the last exit's gate included) to 1
+    assert budgets == auto_budgets(record["exit_costs"][0], load_methods().get("eenet").test_parameters["num_budgets"])
     for p in points:
         print("eenet", p["setting"], round(p["cost"], 3), round(p["accuracy"], 3), round(p["val"]["cost"], 3))
-        assert abs(p["val"]["cost"] - p["setting"]["budget"]) <= 0.03     # 270 val samples
+        assert abs(p["val"]["cost"] - p["setting"]["budget"]) <= 0.06     # thresholds from 135 policy samples
         assert abs(p["cost"] - p["setting"]["budget"]) <= 0.08            # 359 test samples
     assert points[-1]["accuracy"] >= record["backbone_accuracy"] - 0.03
     assert points[0]["cost"] < points[-1]["cost"]
@@ -61,10 +63,11 @@ def test_eenet_meets_its_budgets(cli, tmp_path):
 def test_diffbranch_beta_trades_accuracy_for_cost(cli, tmp_path):
     record = _run(cli, tmp_path, "diffbranch")
     points = record["operating_points"]
-    assert [p["setting"]["beta"] for p in points] == [0.1, 1.0]
+    betas = [p["setting"]["beta"] for p in points]
+    assert len(betas) == 4 and betas == sorted(betas)
     for p in points:
         print("diffbranch", p["setting"], round(p["cost"], 3), round(p["accuracy"], 3))
-    low, high = points
+    low, high = points[0], points[-1]
     assert low["accuracy"] >= record["backbone_accuracy"] - 0.03
     assert high["cost"] < low["cost"] - 0.1
     # the gates' Mul-Adds are counted: the last exit costs more than blocks and IMs alone

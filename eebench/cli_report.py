@@ -1,32 +1,39 @@
 """``eebench report`` and ``eebench plot``: leaderboards and the JEI-DNN figures from run records
-or from the operating-point table a previous report wrote (``results/operating_points.parquet``).
+or from the tables a previous report wrote (``results/operating_points.parquet`` and the
+``samples.parquet`` beside it).
 
 ::
 
-    eebench report SOURCE [--out results]   # SOURCE: a folder of run records, or the .parquet table
+    eebench report SOURCE [--out results] [--budgets 0.25,0.5,0.75,1] [--selection-split val] [--bootstrap 1000]
     eebench plot   SOURCE [--out plots]
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 SOURCE_HELP = ("a folder of run records (searched recursively for */record.json), or the operating-point "
-               "table a previous report wrote (results/operating_points.parquet)")
+               "table a previous report wrote (results/operating_points.parquet, samples.parquet beside it)")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``report`` and ``plot``."""
     rep = subparsers.add_parser(
-        "report", help="operating-point table (parquet) and leaderboard CSVs from run records",
-        description="Collect run records into one long-format table of operating points "
-                    "(OUT/operating_points.parquet; not rewritten when SOURCE is that table) and write "
-                    "OUT/leaderboard.csv, OUT/leaderboard_<dataset>.csv and OUT/leaderboard.md.")
+        "report", help="operating-point tables (parquet) and leaderboard CSVs from run records",
+        description="Collect run records into the long-format tables of operating points and per-sample arrays "
+                    "(OUT/operating_points.parquet, OUT/samples.parquet; not rewritten when SOURCE is the table) and "
+                    "write OUT/leaderboard.csv, OUT/leaderboard_<dataset>.csv and OUT/leaderboard.md: figures of the "
+                    "points chosen on val, with the bootstrap standard errors of their test estimates.")
     rep.add_argument("source", type=Path, metavar="SOURCE", help=SOURCE_HELP)
     rep.add_argument("--out", type=Path, default=Path("results"), help="output folder (default ./results)")
+    rep.add_argument("--budgets", default="0.25,0.5,0.75,1", help="budgets, normalised cost (default 0.25,0.5,0.75,1)")
+    rep.add_argument("--selection-split", default="val", help="split points are chosen on: val (default) or test "
+                     "(only to measure what choosing on test flatters)")
+    rep.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (>= 100)")
     rep.set_defaults(handler=cmd_report)
 
     plot = subparsers.add_parser(
@@ -39,38 +46,55 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     plot.set_defaults(handler=cmd_plot)
 
 
-def _table(source: Path, table_out: Path | None):
-    """The table of ``source``, always as read back from parquet, so that a report from run records
-    and a later one from the committed table compute from the same values.
+def _options(args: argparse.Namespace):
+    from eebench.errors import UsageError
+    from eebench.report import ReportOptions
 
-    From run records, the table is written to ``table_out/operating_points.parquet`` (a temporary
-    folder when None) and read back; a ``.parquet`` source is read as it is.
+    try:
+        budgets = tuple(float(b) for b in str(args.budgets).split(",") if b.strip())
+    except ValueError:
+        raise UsageError(f"--budgets {args.budgets}: expected comma-separated numbers, e.g. 0.25,0.5,0.75,1") from None
+    return ReportOptions(budgets, args.selection_split, args.bootstrap)
+
+
+def tables(source: Path, out: Path | None, options=None):
+    """The operating-point table and the samples table of ``source``, always as read back from
+    parquet, so that a report from run records and a later one from the committed tables compute
+    from the same values.
+
+    From run records, both tables are written to ``out`` (a temporary folder when None) and read
+    back; the samples table holds the points ``options`` deploys. A ``.parquet`` source is read as it
+    is, with the ``samples.parquet`` beside it (None when absent).
     """
-    import tempfile
+    from eebench import report, table
 
-    from eebench import report
-
-    df, from_records = report.load(source)
-    if not from_records:
-        return df
+    source = Path(source)
+    if source.is_file():
+        return table.read_table(source), table.read_samples(source.parent / table.SAMPLES_NAME)
+    df, folders = table.collect(source)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(table_out or tmp) / report.TABLE_NAME
-        report.write_table(df, path)
-        if table_out is not None:
-            print(f"table: {path} ({len(df)} operating points of {df['run_id'].nunique()} runs, "
-                  f"{path.stat().st_size / 1024:.0f} KiB)")
-        return report.read_table(path)
+        folder = Path(out or tmp)
+        path = folder / table.TABLE_NAME
+        table.write_table(df, path)
+        df = table.read_table(path)
+        samples = table.sample_payloads(folders, report.payload_plan(df, options or report.ReportOptions()), df)
+        table.write_samples(samples, folder / table.SAMPLES_NAME)
+        if out is not None:
+            size = sum((folder / n).stat().st_size for n in (table.TABLE_NAME, table.SAMPLES_NAME)) / 1024
+            print(f"tables: {path} and {table.SAMPLES_NAME} ({len(df)} operating points of "
+                  f"{df['run_id'].nunique()} runs, {size:.0f} KiB)")
+        return df, table.read_samples(folder / table.SAMPLES_NAME)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from eebench import report
 
-    df = _table(args.source, args.out)
-    written = report.write_report(df, args.out)
-    board = report.leaderboard(df)
+    options = _options(args)
+    df, samples = tables(args.source, args.out, options)
+    board, written = report.write_report(df, samples, args.out, options)
     cols = ["dataset", "backbone", "variant", "seeds", "backbone_accuracy_mean", "accuracy_at_0.50_mean",
-            "accuracy_at_0.75_mean", "auc_mean", "cost_to_backbone_minus_1pt_mean"]
-    print(board[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+            "accuracy_at_0.50_se", "tied_with_best_at_0.50", "accuracy_at_0.75_mean", "auc_mean"]
+    print(board[[c for c in cols if c in board.columns]].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -79,7 +103,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from eebench import plots
 
-    written = plots.plot_all(_table(args.source, None), args.out)
+    written = plots.plot_all(tables(args.source, None)[0], args.out)
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -1,19 +1,21 @@
 """The figures of the JEI-DNN paper (Regol, Chataoui & Coates, ICLR 2024) for every setting, drawn
-with seaborn from the operating-point table of :mod:`eebench.report`; seeds as shaded bands
-(mean ± one standard deviation, ddof=1, drawn only where every seed is defined).
+with seaborn from the operating-point table of :mod:`eebench.table`; seeds as shaded bands
+(mean ± one standard deviation, ddof=1, drawn only where every seed is defined). Every curve is
+read the way the leaderboard reads it: at each budget, the point chosen on val
+(:func:`eebench.selection.select`), drawn with its test figures.
 
 Per setting, under ``OUT/<dataset>_<backbone>/``, each as PNG and PDF:
 
-- ``fig2_accuracy_vs_cost``: test accuracy vs normalised Mul-Add (cost) for every method: the
-  budget curve A(c) of each seed (upper convex hull of its operating points, see
-  :mod:`eebench.report`) on a common cost grid, drawn up to the seed's costliest point; the
-  operating points of all seeds as faint markers; the backbone's accuracy dashed (Fig. 2).
-- ``fig3_exit_decomposition``: at one operating point per method, the **deployed point at
-  budget 0.5** (the most accurate point of cost ≤ 0.5; the cheapest point where none fits), the
+- ``fig2_accuracy_vs_cost``: test accuracy vs the budget (normalised Mul-Add) for every method: for
+  each seed, the test accuracy of the point chosen on val at each budget of a common grid (a step
+  curve, drawn from the seed's cheapest to its costliest point); the operating points of all seeds
+  (test accuracy vs test cost) as faint markers; the backbone's accuracy dashed (Fig. 2).
+- ``fig3_exit_decomposition``: at one operating point per method, the **point deployed at budget
+  0.5** (chosen on val; the cheapest point where none fits), the
   accuracy of each IM (a) on the samples that exit there and (b) on all samples, marker area ∝
   the exit's share of the samples, the point's overall accuracy dotted (Fig. 3).
 - ``fig4_ece_per_im``: ECE of each IM on all samples at the same point (Fig. 4).
-- ``fig5_uncertainty``: (a) ECE and (b) conformal inefficiency at 95 % coverage of the point
+- ``fig5_uncertainty``: (a) ECE and (b) conformal inefficiency at α = 0.05 of the point
   deployed at each budget, vs the budget (operating points faint); (c) empirical α̂ = 1 − coverage
   vs requested α, averaged over the operating points of a run, with the diagonal (Fig. 5).
 
@@ -31,8 +33,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from eebench import report
 from eebench.records import write_atomic
+from eebench.report import variant_names
+from eebench.selection import select
+from eebench.table import method_rank
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +86,7 @@ def palette(variants: list[str]) -> dict[str, Any]:
     spare = [cb[i] for i in (7, 5, 8, 6)] + sns.color_palette("dark", 10)
     out: dict[str, Any] = {}
     n_spare = 0
-    for name in sorted(set(variants), key=report.method_rank):
+    for name in sorted(set(variants), key=method_rank):
         base = name.split("[", 1)[0]
         if base in fixed and fixed[base] not in out.values():
             out[name] = fixed[base]
@@ -130,34 +134,25 @@ def _runs(setting: pd.DataFrame):
 
 
 def _grid(setting: pd.DataFrame) -> np.ndarray:
-    """The common cost grid of a setting: evenly spaced, plus the cost of every operating point
-    (the curves then pass through the hull's vertices and the deployed point's steps exactly)."""
-    cost = setting["cost"].to_numpy(float)
-    return np.union1d(np.linspace(cost.min(), cost.max(), GRID_POINTS), cost)
+    """The common budget grid of a setting: evenly spaced, plus the val cost of every operating point
+    (where the deployed point changes, so the step curves are exact)."""
+    cost = np.concatenate([setting["cost"].to_numpy(float), setting["val_cost"].to_numpy(float)])
+    return np.union1d(np.linspace(np.nanmin(cost), np.nanmax(cost), GRID_POINTS), setting["val_cost"].to_numpy(float))
 
 
-def accuracy_curves(setting: pd.DataFrame) -> pd.DataFrame:
-    """Long table (variant, seed, cost, accuracy %) of each run's budget curve on a common grid,
-    NaN below the run's cheapest and above its costliest point."""
-    grid = _grid(setting)
-    rows = []
-    for g in _runs(setting):
-        hc, ha = report.upper_hull(g["cost"].to_numpy(), g["accuracy"].to_numpy())
-        y = 100 * report.hull_accuracy(hc, ha, grid)
-        y[grid > g["cost"].max()] = np.nan
-        rows.append(pd.DataFrame({"variant": g["variant"].iloc[0], "seed": g["seed"].iloc[0], "cost": grid,
-                                  "accuracy": y}))
-    return pd.concat(rows, ignore_index=True)
+def _deployed(g: pd.DataFrame, budgets: np.ndarray) -> np.ndarray:
+    """The point chosen on val at each budget (−1: none), as the leaderboard chooses it."""
+    return select(g["val_cost"].to_numpy(float), g["val_accuracy"].to_numpy(float), budgets)
 
 
 def deployed_curves(setting: pd.DataFrame, columns: dict[str, float]) -> pd.DataFrame:
-    """Long table (variant, seed, cost, <column>...) of the metrics of the point deployed at each
-    budget of a common grid (most accurate point of cost ≤ budget), times the given scale."""
+    """Long table (variant, seed, cost, <column>...) of the test figures of the point deployed at
+    each budget of a common grid, times the given scale; NaN below the run's cheapest and above its
+    costliest point."""
     grid = _grid(setting)
     rows = []
     for g in _runs(setting):
-        sc, si = report.staircase(g["cost"].to_numpy(), g["accuracy"].to_numpy())
-        idx = report.deployed_point(sc, si, grid)
+        idx = _deployed(g, grid)
         part = {"variant": g["variant"].iloc[0], "seed": g["seed"].iloc[0], "cost": grid}
         for col, scale in columns.items():
             v = scale * g[col].to_numpy(float)[np.clip(idx, 0, None)]
@@ -167,13 +162,17 @@ def deployed_curves(setting: pd.DataFrame, columns: dict[str, float]) -> pd.Data
     return pd.concat(rows, ignore_index=True)
 
 
+def accuracy_curves(setting: pd.DataFrame) -> pd.DataFrame:
+    """Long table (variant, seed, cost, accuracy %) of each run's val-selected test accuracy."""
+    return deployed_curves(setting, {"accuracy": 100.0})
+
+
 def chosen_points(setting: pd.DataFrame, budget: float = FIG3_BUDGET) -> pd.DataFrame:
-    """One row per run: its deployed point at ``budget`` (the cheapest point where none fits)."""
+    """One row per run: its point deployed at ``budget`` (the cheapest by val cost where none fits)."""
     rows = []
     for g in _runs(setting):
-        sc, si = report.staircase(g["cost"].to_numpy(), g["accuracy"].to_numpy())
-        i = int(report.deployed_point(sc, si, budget))
-        rows.append(g.iloc[i if i >= 0 else int(si[0])])
+        i = int(_deployed(g, np.array([budget]))[0])
+        rows.append(g.iloc[i if i >= 0 else int(np.argmin(g["val_cost"].to_numpy(float)))])
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
@@ -239,8 +238,8 @@ def draw_accuracy(ax: Any, setting: pd.DataFrame, colours: dict[str, Any], legen
     ax.axhline(bb, color="0.3", ls="--", lw=1, label="backbone")
     lo = np.nanmin(curves["accuracy"]) if len(curves) else pts["acc"].min()
     ax.set_ylim(max(lo - 2, pts["acc"].min() - 1, 0), min(100, max(bb, pts["acc"].max()) + 1.5))
-    ax.set_xlabel(COST_LABEL)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlabel(f"budget: {COST_LABEL}")
+    ax.set_ylabel("test accuracy of the point chosen on val (%)")
     ax.set_title(_title(setting))
     if legend:
         _method_legend(ax, order, colours)
@@ -286,8 +285,9 @@ def fig_exit_decomposition(setting: pd.DataFrame, colours: dict[str, Any]) -> An
     labels = [f"{lab} (cost {overall.loc[lab, 'cost']:.2f})" if lab in overall.index else
               {"share": "exit share", "variant": "method"}.get(lab, lab) for lab in labels]
     axes[1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
-    fig.suptitle(f"{_title(setting)}: deployed point at budget {FIG3_BUDGET:.2f} (most accurate with cost ≤ "
-                 f"{FIG3_BUDGET:.2f})\nmarker area ∝ share of samples exiting at l; dotted: overall accuracy")
+    fig.suptitle(f"{_title(setting)}: point deployed at budget {FIG3_BUDGET:.2f} (chosen on val: most accurate "
+                 f"with val cost ≤ {FIG3_BUDGET:.2f})\nmarker area ∝ share of samples exiting at l; dotted: overall "
+                 f"accuracy")
     return fig
 
 
@@ -342,7 +342,7 @@ def fig_uncertainty(setting: pd.DataFrame, colours: dict[str, Any]) -> Any:
     axes = fig.subplots(1, 3)
     for ax, col, pcol, ylabel, title in (
             (axes[0], "ece", "ece_pct", "ECE (%)", "(a) ECE vs cost"),
-            (axes[1], "inefficiency_at_95", "inefficiency_at_95", "mean set size at coverage ≥ 95 %",
+            (axes[1], "inefficiency_at_95", "inefficiency_at_95", "mean set size at α = 0.05",
              "(b) conformal inefficiency vs cost")):
         sns.scatterplot(data=pts, x="cost", y=pcol, hue="variant", hue_order=order, palette=colours,
                         style="variant", style_order=order, markers=marker_map(colours), s=14, alpha=0.3,
@@ -365,8 +365,8 @@ def fig_uncertainty(setting: pd.DataFrame, colours: dict[str, Any]) -> Any:
     ax.set_ylabel("empirical α̂ = 1 − coverage")
     ax.set_title("(c) α̂ vs α (mean over operating points)")
     _legend_outside(ax)
-    fig.suptitle(f"{_title(setting)}\n(a), (b): the point deployed at each budget (most accurate with "
-                 f"cost ≤ budget); faint markers: every operating point")
+    fig.suptitle(f"{_title(setting)}\n(a), (b): the point deployed at each budget (chosen on val: most accurate "
+                 f"with val cost ≤ budget); faint markers: every operating point")
     return fig
 
 
@@ -393,13 +393,13 @@ def plot_all(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Every figure of the module doc for every setting of the table.
 
     Args:
-        df: the operating-point table (:func:`eebench.report.load`).
+        df: the operating-point table (:func:`eebench.table.read_table`).
         out_dir: root folder; figures go to ``out_dir/<dataset>_<backbone>/<figure>.{png,pdf}``.
 
     Returns:
         the paths written.
     """
-    df = df.assign(variant=report.variant_names(df))
+    df = df.assign(variant=variant_names(df))
     colours = palette(df["variant"].tolist())
     written: list[Path] = []
     for (ds, bb), setting in df.groupby(["dataset", "backbone"], sort=True):

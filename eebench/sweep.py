@@ -11,11 +11,13 @@ A grid (``experiments/*.yaml``)::
     test_parameters: true           # start every method from its tiny ``test_parameters``
     method_grid: false              # true: also expand each method's declared ``grid``
     dataset_params: {split_seed: 0}
+    im_params: {epochs: [10, 20]}   # the shared IM stage (eebench.im_stage)
     methods:                        # method name -> parameters (a list of names: defaults)
-      threshold: {loss_weights: [uniform, linear]}
+      threshold: {q_grid: [[0.5, 1.0, 1.5], [0.25, 0.75, 1.25]]}
       jei: {im_loss: [weighted, uniform], lambdas: [[0.1, 1.0]]}
 
-Lists expand to products: datasets × backbones × weights × methods × parameter values × seeds. A
+Lists expand to products: datasets × backbones × weights × methods × parameter values (method,
+dataset and IM stage) × seeds. A
 parameter value that is a list is a list of values to sweep, unless the parameter's default is
 itself a list (``lambdas``, ``q_grid``): then a list of lists is swept and a plain list is one
 value. An
@@ -77,7 +79,7 @@ if TYPE_CHECKING:   # eebench.runner imports torch: a job imports it only once i
 log = logging.getLogger(__name__)
 
 GRID_KEYS = ("include", "name", "datasets", "backbones", "weights", "seeds", "test_parameters", "method_grid",
-             "dataset_params", "methods")
+             "dataset_params", "im_params", "methods")
 LAUNCHERS = ("auto", "slurm", "local", "inline")
 #: Stage-specific sections of a profile; every other key goes to submitit as it is.
 PROFILE_STAGES = ("features", "runs")
@@ -222,6 +224,7 @@ def expand(grid: Grid) -> list[RunConfig]:
     """
     from eebench.config import resolve
     from eebench.data import DATASETS
+    from eebench.im_stage import IM_PARAMETERS
     from eebench.method import load_methods
 
     spec = grid.spec
@@ -242,8 +245,11 @@ def expand(grid: Grid) -> list[RunConfig]:
         raise ConfigError(f"grid {grid.name}: methods: must list at least one method, "
                           f"e.g. methods: {{threshold: {{}}}}")
     dataset_params = spec.get("dataset_params") or {}
-    if not isinstance(dataset_params, dict):
-        raise ConfigError(f"grid {grid.name}: dataset_params must be a mapping")
+    im_params = spec.get("im_params") or {}
+    for key, value in (("dataset_params", dataset_params), ("im_params", im_params)):
+        if not isinstance(value, dict):
+            raise ConfigError(f"grid {grid.name}: {key} must be a mapping")
+    im_combos = _product(im_params, IM_PARAMETERS)
     registry = load_methods()
     configs: dict[str, RunConfig] = {}
     for method_name, params in methods_spec.items():
@@ -260,15 +266,15 @@ def expand(grid: Grid) -> list[RunConfig]:
             dspec = DATASETS.get(str(dataset))
             for dparams in _product(dataset_params, dspec.default_parameters()):
                 for backbone, weights in itertools.product(backbones, weights_list):
-                    for combo_grid in grid_combos:
-                        for combo in user_combos:
-                            method_params = {**base, **combo_grid, **combo}
-                            sets = [_set_option("method", k, v) for k, v in method_params.items()]
-                            sets += [_set_option("dataset", k, v) for k, v in dparams.items()]
-                            sets += [f"weights={weights}"] if weights is not None else []
-                            for seed in seeds:
-                                cfg = resolve(str(method_name), str(dataset), backbone, seed, sets)
-                                configs.setdefault(cfg.run_id, cfg)
+                    for combo_grid, combo, im_combo in itertools.product(grid_combos, user_combos, im_combos):
+                        method_params = {**base, **combo_grid, **combo}
+                        sets = [_set_option("method", k, v) for k, v in method_params.items()]
+                        sets += [_set_option("dataset", k, v) for k, v in dparams.items()]
+                        sets += [_set_option("im", k, v) for k, v in im_combo.items()]
+                        sets += [f"weights={weights}"] if weights is not None else []
+                        for seed in seeds:
+                            cfg = resolve(str(method_name), str(dataset), backbone, seed, sets)
+                            configs.setdefault(cfg.run_id, cfg)
     return list(configs.values())
 
 

@@ -104,22 +104,22 @@ def test_missing_weights_file(cli, tmp_path):
 
 
 def test_nan_loss_stops_without_record(cli, tmp_path):
-    status, _, err = cli("run", "--method", "threshold", "--set", "method.lr=1e30", "--out", tmp_path)
+    status, _, err = cli("run", "--method", "threshold", "--set", "im.lr=1e30", "--out", tmp_path)
     line = _one_line_error(err)
     assert status == 1
     assert "training loss is nan" in line or "training loss is inf" in line
-    assert "--set method.lr" in line and "no record was written" in line
+    assert "im.lr" in line and "no record was written" in line
     assert not list(tmp_path.glob("*/record.json"))
 
 
 def test_corrupt_feature_cache(cli, tmp_path, session_cache):
-    status, _, _ = cli("run", "--method", "threshold", "--set", "method.epochs=1", "--out", tmp_path / "a")
+    status, _, _ = cli("run", "--method", "threshold", "--set", "im.epochs=1", "--out", tmp_path / "a")
     assert status == 0
     entry = session_cache / "features" / read_record(tmp_path / "a")["features"]["key"]
     backup = (entry / "val.safetensors").read_bytes()
     try:
         (entry / "val.safetensors").write_bytes(backup[: len(backup) // 3])   # truncated file
-        status, _, err = cli("run", "--method", "threshold", "--set", "method.epochs=1", "--out", tmp_path / "b")
+        status, _, err = cli("run", "--method", "threshold", "--set", "im.epochs=1", "--out", tmp_path / "b")
         line = _one_line_error(err)
         assert status == 1 and "unreadable" in line and f"rm -rf {entry}" in line
         assert not (tmp_path / "b").exists()

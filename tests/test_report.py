@@ -1,6 +1,7 @@
 """`eebench report` and `eebench plot` on a small real sweep (digits, two methods, 1-2 seeds), checked
-against the run records by hand computation; the hull equations on a hand-made example; the
-per-IM ECE of the metrics against a hand computation."""
+against the run records by hand computation (the val-selection rule, the common-range AUC, the
+standard errors against the records' per-sample arrays); the per-IM ECE of the metrics against a
+hand computation."""
 from __future__ import annotations
 
 import json
@@ -13,19 +14,22 @@ import pandas as pd
 import pytest
 import torch
 
-from eebench import report
+from eebench import bootstrap, report, table
 from eebench.config import resolve
 from eebench.method import OperatingPoint, load_methods
 from eebench.metrics import evaluate
 from eebench.runner import RunOptions, run
+from eebench.selection import select
 
-SWEEP = [("threshold", 0, {}), ("threshold", 1, {}), ("jei", 0, {}), ("threshold", 0, {"loss_weights": "linear"})]
+SWEEP = [("threshold", 0, {}), ("threshold", 1, {}), ("jei", 0, {}), ("threshold", 0, {"q_grid": [0.5, 1.0, 1.5]})]
+FULL_GRID = "threshold[q_grid=[0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3, 1.35, 1.4, 1.45, 1.5, 1.55, 1.6, 1.65, 1.7, 1.75, 1.8, 1.85, 1.9, 1.95]]"
+SHORT_GRID = "threshold[q_grid=[0.5, 1.0, 1.5]]"
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> Path:
     """Real digits runs with each method's test parameters: threshold with seeds 0 and 1, JEI-DNN
-    with seed 0, and one threshold run with linear IM loss weights (a second variant)."""
+    with seed 0, and one threshold run with three budget levels (a second variant)."""
     out = tmp_path_factory.mktemp("runs")
     methods = load_methods()
     for method, seed, extra in SWEEP:
@@ -39,45 +43,31 @@ def _records(runs: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(runs.glob("*/record.json"))]
 
 
-def _budget_accuracy(cost: np.ndarray, acc: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """A(c) by brute force from its definition: the best accuracy of a single point of cost ≤ c,
-    or of a mix t·i + (1−t)·j of two points (c_i ≤ c < c_j) whose mean cost is exactly c. NaN where
-    no point has cost ≤ c. ``c`` is ``[G]``."""
-    c = np.atleast_1d(np.asarray(c, float))[:, None, None]
-    ci, cj = cost[None, :, None], cost[None, None, :]
-    ai, aj = acc[None, :, None], acc[None, None, :]
-    single = np.where(cost[None, :] <= c[:, :, 0], acc[None, :], -np.inf).max(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mix = np.where((ci <= c) & (c < cj), ai + (aj - ai) * (c - ci) / (cj - ci), -np.inf).max((1, 2))
-    best = np.maximum(single, mix)
-    return np.where(np.isfinite(best), best, np.nan)
+def _deployed(points: list[dict], budget: float) -> int:
+    """By the definition: the point of best val accuracy among val cost <= budget; ties: lower val
+    cost, then the earlier point; -1 if none."""
+    fits = [i for i, p in enumerate(points) if p["val"]["cost"] <= budget]
+    if not fits:
+        return -1
+    return max(fits, key=lambda i: (points[i]["val"]["accuracy"], -points[i]["val"]["cost"], -i))
 
 
-def _by_hand(record: dict) -> dict[str, float]:
+def _by_hand(record: dict, lo: float) -> dict[str, float]:
     pts = record["operating_points"]
-    cost = np.array([p["cost"] for p in pts])
-    acc = np.array([p["accuracy"] for p in pts])
-    out = {f"accuracy_at_{b:.2f}": 100 * _budget_accuracy(cost, acc, b)[0] for b in (0.25, 0.5, 0.75, 1.0)}
-    grid = np.linspace(0, 1, 20001)
-    a = np.nan_to_num(_budget_accuracy(cost, acc, grid), nan=0.0)
-    out["auc"] = 100 * float(np.sum((a[1:] + a[:-1]) / 2 * np.diff(grid)))
-    target = record["backbone_accuracy"] - 0.01
-    if np.nanmax(acc) < target:
-        out["cost_to_backbone_minus_1pt"] = math.nan
-    else:                                  # bisection on the brute-force A
-        lo, hi = 0.0, float(cost[np.argmax(acc)])
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            ok = _budget_accuracy(cost, acc, mid)[0] >= target
-            lo, hi = (lo, mid) if ok else (mid, hi)
-        out["cost_to_backbone_minus_1pt"] = hi
-    for b in (0.5, 0.75):                  # the most accurate point of cost <= b, the cheaper on ties
-        fits = [p for p in pts if p["cost"] <= b]
-        best = max(fits, key=lambda p: (p["accuracy"], -p["cost"])) if fits else None
-        out[f"ece_at_{b:.2f}"] = 100 * best["ece"] if best else math.nan
-        ineff = best.get("inefficiency_at_95") if best else None
-        out[f"inefficiency95_at_{b:.2f}"] = math.nan if ineff is None else ineff
-    out["backbone_accuracy"] = 100 * record["backbone_accuracy"]
+    out: dict[str, float] = {}
+    for b in (0.25, 0.5, 0.75, 1.0):
+        i = _deployed(pts, b)
+        p = pts[i] if i >= 0 else None
+        out[f"accuracy_at_{b:.2f}"] = 100 * p["accuracy"] if p else math.nan
+        out[f"cost_at_{b:.2f}"] = p["cost"] if p else math.nan
+        out[f"ece_at_{b:.2f}"] = 100 * p["ece"] if p else math.nan
+        out[f"inefficiency95_at_{b:.2f}"] = p["inefficiency_at_95"] if p else math.nan
+    grid = np.linspace(lo, 1.0, 60001)[:-1]            # budgets uniform on [lo, 1)
+    out["auc"] = 100 * float(np.mean([pts[_deployed(pts, b)]["accuracy"] for b in grid[::10]]))
+    target = record["backbone_val_accuracy"] - 0.01
+    reach = [i for i, p in enumerate(pts) if p["val"]["accuracy"] >= target]
+    out["cost_to_backbone_minus_1pt"] = (pts[min(reach, key=lambda i: (pts[i]["val"]["cost"], -pts[i]["val"]["accuracy"],
+                                                                      i))]["cost"] if reach else math.nan)
     return out
 
 
@@ -85,21 +75,23 @@ def test_leaderboard_against_records_by_hand(sweep: Path, tmp_path: Path, cli):
     status, out, err = cli("report", sweep, "--out", tmp_path)
     assert status == 0, err
     board = pd.read_csv(tmp_path / "leaderboard.csv", keep_default_na=True)
-    assert list(board["variant"]) == ["threshold[loss_weights=linear]", "threshold[loss_weights=uniform]", "jei"]
-    assert list(board["seeds"]) == [1, 2, 1]
+    assert list(board["variant"]) == [FULL_GRID, SHORT_GRID, "jei"]     # variants by name within a method
+    assert list(board["seeds"]) == [2, 1, 1]
     records = _records(sweep)
+    lo = max(min(p["val"]["cost"] for p in r["operating_points"]) for r in records)
+    assert board["auc_range_lo"].tolist() == pytest.approx([lo] * 3, abs=1e-4) and (board["auc_range_hi"] == 1).all()
     groups = {"jei": [r for r in records if r["config"]["method"] == "jei"],
-              "threshold[loss_weights=uniform]": [r for r in records if r["config"]["method"] == "threshold"
-                                                  and r["config"]["method_params"]["loss_weights"] == "uniform"],
-              "threshold[loss_weights=linear]": [r for r in records if r["config"]["method"] == "threshold"
-                                                 and r["config"]["method_params"]["loss_weights"] == "linear"]}
+              FULL_GRID: [r for r in records if r["config"]["method"] == "threshold"
+                          and len(r["config"]["method_params"]["q_grid"]) == 39],
+              SHORT_GRID: [r for r in records if r["config"]["method"] == "threshold"
+                           and len(r["config"]["method_params"]["q_grid"]) == 3]}
     checked = 0
     for variant, recs in groups.items():
         row = board[board["variant"] == variant].iloc[0]
-        hand = [_by_hand(r) for r in sorted(recs, key=lambda r: r["config"]["seed"])]
+        hand = [_by_hand(r, lo) for r in sorted(recs, key=lambda r: r["config"]["seed"])]
         for name in hand[0]:
             values = [h[name] for h in hand]
-            tol = 2e-3 if name in ("auc", "cost_to_backbone_minus_1pt") else 1e-4   # grid / bisection / %.4f
+            tol = 0.05 if name == "auc" else 1e-4                  # a 6,000-budget grid / %.4f
             if any(math.isnan(v) for v in values):
                 assert math.isnan(row[f"{name}_mean"]), (variant, name)
                 continue
@@ -109,15 +101,16 @@ def test_leaderboard_against_records_by_hand(sweep: Path, tmp_path: Path, cli):
             else:
                 assert math.isnan(row[f"{name}_std"])
             checked += 1
-    assert checked >= 25
-    # the threshold curve reaches within 1 point of the backbone on digits; budgets are read off the hull
-    uniform = board[board["variant"] == "threshold[loss_weights=uniform]"].iloc[0]
-    assert uniform["cost_to_backbone_minus_1pt_mean"] < 1.0
-    assert uniform["accuracy_at_1.00_mean"] >= uniform["backbone_accuracy_mean"] - 1.0
+    assert checked >= 40
+    # the standard error of an accuracy against the binomial one of a fixed classifier of that accuracy
+    full = board[board["variant"] == FULL_GRID].iloc[0]
+    p, n = full["accuracy_at_0.75_mean"] / 100, records[0]["splits"]["test"]["n"]
+    assert full["accuracy_at_0.75_se"] == pytest.approx(100 * math.sqrt(p * (1 - p) / n), rel=0.35)
+    assert full["tied_with_best_at_0.75"] in (True, False)
     # the long table: one row per operating point of every record, per-exit arrays included
-    table = report.read_table(tmp_path / report.TABLE_NAME)
-    assert len(table) == sum(len(r["operating_points"]) for r in records)
-    row = table[table["method"] == "jei"].iloc[-1]
+    tab = table.read_table(tmp_path / table.TABLE_NAME)
+    assert len(tab) == sum(len(r["operating_points"]) for r in records)
+    row = tab[tab["method"] == "jei"].iloc[-1]
     rec = next(r for r in records if r["run_id"] == row["run_id"])
     p = rec["operating_points"][row["point"]]
     np.testing.assert_allclose(row["im_ece"], p["im_ece"], rtol=1e-6)
@@ -125,24 +118,43 @@ def test_leaderboard_against_records_by_hand(sweep: Path, tmp_path: Path, cli):
     assert row["p_method_im_loss"] == rec["config"]["method_params"]["im_loss"]
     assert row["git_revision"] == (rec["git_revision"] or "unknown")
     assert row["version_torch"] == rec["versions"]["torch"] and row["device"] == rec["device"]
-    assert (tmp_path / report.TABLE_NAME).stat().st_size < 200 * 1024
+    assert row["weights_sha256"] == rec["backbone"]["weights"]["sha256"] and row["weights_source"] == "trained here"
+    assert (tmp_path / table.TABLE_NAME).stat().st_size < 200 * 1024
+
+
+def test_samples_table_holds_the_deployed_points_of_the_records(sweep: Path, tmp_path: Path, cli):
+    assert cli("report", sweep, "--out", tmp_path)[0] == 0
+    tab = table.read_table(tmp_path / table.TABLE_NAME)
+    samples = table.read_samples(tmp_path / table.SAMPLES_NAME)
+    for record in _records(sweep):
+        run = tab[tab["run_id"] == record["run_id"]].sort_values("point")
+        deployed = select(run["val_cost"].to_numpy(), run["val_accuracy"].to_numpy(), [0.25, 0.5, 0.75, 1.0])
+        arrays = np.load(next(sweep.glob(f"{record['run_id']}/samples.npz")))
+        for i in {int(i) for i in deployed if i >= 0}:
+            row = samples[(samples["run_id"] == record["run_id"]) & (samples["point"] == i)].iloc[0]
+            assert np.array_equal(row["correct"], arrays["prediction"][i] == arrays["labels"])
+            assert np.array_equal(row["exit"], arrays["exit_index"][i])
+            assert row["set_size"].mean() == pytest.approx(record["operating_points"][i]["inefficiency_at_95"])
+            np.testing.assert_allclose(row["confidence"] / table.QUANTUM, arrays["confidence"][i], atol=2e-5)
 
 
 def test_regenerate_from_table_byte_for_byte(sweep: Path, tmp_path: Path, cli):
     first, second = tmp_path / "from_records", tmp_path / "from_table"
     assert cli("report", sweep, "--out", first)[0] == 0
-    second.mkdir()           # a clean folder holding only the committed table
-    (second / report.TABLE_NAME).write_bytes((first / report.TABLE_NAME).read_bytes())
-    assert cli("report", second / report.TABLE_NAME, "--out", second)[0] == 0
+    second.mkdir()           # a clean folder holding only the committed tables
+    for name in (table.TABLE_NAME, table.SAMPLES_NAME):
+        (second / name).write_bytes((first / name).read_bytes())
+    assert cli("report", second / table.TABLE_NAME, "--out", second)[0] == 0
     names = sorted(p.name for p in first.iterdir())
-    assert names == ["leaderboard.csv", "leaderboard.md", "leaderboard_digits.csv", report.TABLE_NAME]
+    assert names == ["leaderboard.csv", "leaderboard.md", "leaderboard_digits.csv", table.TABLE_NAME,
+                     table.SAMPLES_NAME]
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
 def test_plot_draws_every_figure(sweep: Path, tmp_path: Path, cli):
     assert cli("report", sweep, "--out", tmp_path / "results")[0] == 0
-    status, out, err = cli("plot", tmp_path / "results" / report.TABLE_NAME, "--out", tmp_path / "plots")
+    status, out, err = cli("plot", tmp_path / "results" / table.TABLE_NAME, "--out", tmp_path / "plots")
     assert status == 0, err
     folder = tmp_path / "plots" / "digits_vit_digits"
     for name in ("fig2_accuracy_vs_cost", "fig3_exit_decomposition", "fig4_ece_per_im", "fig5_uncertainty"):
@@ -152,64 +164,30 @@ def test_plot_draws_every_figure(sweep: Path, tmp_path: Path, cli):
     assert (tmp_path / "plots" / "fig2_accuracy_vs_cost_all.png").exists()
 
 
-def test_plotted_curves_are_the_hull(sweep: Path):
-    """Fig. 2 draws each seed's budget curve: equal to the brute-force A(c) on the grid."""
+def test_plotted_curves_are_the_val_selected_test_accuracy(sweep: Path):
+    """Fig. 2 draws, at each budget of its grid, the test accuracy of the point chosen on val."""
     from eebench import plots
 
-    df = report.collect(sweep)
+    df, _ = table.collect(sweep)
     df = df.assign(variant=report.variant_names(df))
     curves = plots.accuracy_curves(df)
     for record in _records(sweep):
         g = df[df["run_id"] == record["run_id"]]
         variant, seed = g["variant"].iloc[0], record["config"]["seed"]
         c = curves[(curves["variant"] == variant) & (curves["seed"] == seed)]
-        cost = np.array([p["cost"] for p in record["operating_points"]])
-        acc = np.array([p["accuracy"] for p in record["operating_points"]])
-        inside = c["cost"].to_numpy() <= cost.max()
-        expected = 100 * _budget_accuracy(cost, acc, c["cost"].to_numpy()[inside])
+        pts = record["operating_points"]
+        inside = c["cost"].to_numpy() <= max(p["cost"] for p in pts)
+        expected = [100 * pts[i]["accuracy"] if i >= 0 else math.nan
+                    for i in (_deployed(pts, b) for b in c["cost"].to_numpy()[inside])]
         np.testing.assert_allclose(c["accuracy"].to_numpy()[inside], expected, atol=1e-9)
         assert np.isnan(c["accuracy"].to_numpy()[~inside]).all()
 
 
-# ------------------------------------------------------------------------------------------------
-# the hull on a hand-made example
-
-
-COST = np.array([0.2, 0.4, 0.5, 0.8, 0.9, 0.6])
-ACC = np.array([0.6, 0.7, 0.9, 0.95, 0.93, 0.8])
-
-
-def test_upper_hull_by_hand():
-    hc, ha = report.upper_hull(COST, ACC)
-    # (0.4, 0.7) and (0.6, 0.8) lie under the chords; (0.9, 0.93) is past the peak
-    np.testing.assert_allclose(hc, [0.2, 0.5, 0.8])
-    np.testing.assert_allclose(ha, [0.6, 0.9, 0.95])
-    # A(0.25) = 0.6 + 0.05 * (0.3 / 0.3); flat at the peak after 0.8; undefined below 0.2
-    np.testing.assert_allclose(report.hull_accuracy(hc, ha, [0.25, 0.65, 1.0, 3.0]), [0.65, 0.925, 0.95, 0.95])
-    assert math.isnan(report.hull_accuracy(hc, ha, 0.1))
-    # ∫0^1: 0 on [0, 0.2), 0.3 * 0.75 + 0.3 * 0.925 + 0.2 * 0.95
-    assert report.hull_auc(hc, ha) == pytest.approx(0.225 + 0.2775 + 0.19)
-    assert report.least_cost(hc, ha, 0.93) == pytest.approx(0.5 + 0.3 * 0.03 / 0.05)
-    assert report.least_cost(hc, ha, 0.5) == pytest.approx(0.2)
-    assert math.isnan(report.least_cost(hc, ha, 0.96))
-
-
-def test_hull_degenerate_inputs():
-    hc, ha = report.upper_hull(np.array([0.3, 0.3, 0.3]), np.array([0.5, 0.7, 0.6]))
-    assert hc.tolist() == [0.3] and ha.tolist() == [0.7]          # one cost: the best point
-    hc, ha = report.upper_hull(np.array([0.2, 0.4, 0.6]), np.array([0.5, 0.6, 0.7]))   # collinear
-    assert hc.tolist() == [0.2, 0.6]
-    assert report.hull_accuracy(hc, ha, 0.4) == pytest.approx(0.6)
-    assert len(report.upper_hull(np.array([]), np.array([]))[0]) == 0
-    assert report.hull_auc(np.array([1.2]), np.array([0.9])) == 0.0   # no budget in [0, 1] is reachable
-
-
-def test_deployed_point_by_hand():
-    sc, si = report.staircase(COST, ACC)
-    # budget 0.45: the best of (0.2, 0.6), (0.4, 0.7) is index 1; 0.85: (0.8, 0.95) is index 3
-    assert report.deployed_point(sc, si, np.array([0.1, 0.2, 0.45, 0.55, 0.85, 2.0])).tolist() == [-1, 0, 1, 2, 3, 3]
-    sc, si = report.staircase(np.array([0.5, 0.3]), np.array([0.8, 0.8]))     # a tie: the cheaper
-    assert report.deployed_point(sc, si, 0.6) == 1
+def test_bootstrap_weights_pair_the_methods_of_a_setting():
+    """One resample of the test samples serves every method of a setting (a paired comparison)."""
+    w1 = bootstrap.resample_weights(50, 100, "digits/vit_digits")
+    w2 = bootstrap.resample_weights(50, 100, "digits/vit_digits")
+    assert np.array_equal(w1, w2) and not np.array_equal(w1, bootstrap.resample_weights(50, 100, "mnist/t2t_vit_7"))
 
 
 # ------------------------------------------------------------------------------------------------

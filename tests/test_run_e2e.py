@@ -31,14 +31,14 @@ def test_threshold_on_digits(cli, tmp_path):
         cost = np.asarray(r["exit_costs"])[s["exit_index"][i]].mean()
         assert cost == pytest.approx(p["cost"])
     # splits recorded and disjoint in size with the source
-    assert sum(v["n"] for v in r["splits"].values()) == 1797
+    assert sum(r["splits"][k]["n"] for k in ("train", "val", "calib", "test", "policy")) == 1797
     assert set(r["timings"]) >= {"data", "backbone", "features", "fit", "metrics", "total"}
     assert r["versions"]["torch"] and "git_revision" in r
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary files left
 
 
 def test_jei_on_digits_reuses_features(cli, tmp_path):
-    cli("run", "--method", "threshold", "--set", "method.epochs=1", "--out", tmp_path / "warm")
+    cli("run", "--method", "threshold", "--set", "im.epochs=1", "--out", tmp_path / "warm")
     status, out, err = cli("run", "--method", "jei", "--set", "method.lambdas=[0.003,0.03,0.3]",
                            "--out", tmp_path / "jei")
     assert status == 0, err
@@ -75,7 +75,7 @@ def test_run_id_is_stable_and_config_resolves(tmp_path):
 def test_cifar10_resnet20_published_weights(cli, tmp_path):
     """Real CIFAR-10 (JPEG mirror) through the published ResNet-20 checkpoint and its filter."""
     status, out, err = cli("run", "--method", "threshold", "--dataset", "cifar10", "--backbone", "cifar_resnet20",
-                           "--data-dir", DATA_DIR, "--weights-dir", WEIGHTS_DIR, "--set", "method.epochs=3",
+                           "--data-dir", DATA_DIR, "--weights-dir", WEIGHTS_DIR, "--set", "im.epochs=3",
                            "--out", tmp_path)
     assert status == 0, err
     r = read_record(tmp_path)

@@ -67,7 +67,7 @@ def test_svhn_chain_end_to_end(cli, tmp_path):
     assert not torch.equal(trained["blocks.0.attn.qkv.weight"], ema["blocks.0.attn.qkv.weight"])
 
     status, out, err = cli("run", "--method", "jei", "--dataset", "svhn", *common, "--num-workers", "0", "--set", "method.epochs=1",
-                           "--set", "method.warmup_epochs=1", "--set", "method.lambdas=[0.1,1.0]",
+                           "--set", "im.epochs=1", "--set", "method.lambdas=[0.1,1.0]",
                            "--out", tmp_path / "o1")
     assert status == 0, err
     record = read_record(tmp_path / "o1")
@@ -76,7 +76,9 @@ def test_svhn_chain_end_to_end(cli, tmp_path):
     assert record["backbone"]["num_exits"] == 7 and record["backbone"]["im_dims"] == [256] * 6
     costs = record["exit_costs"]
     assert all(a < b for a, b in zip(costs, costs[1:])) and costs[-1] > 1.0
-    assert {name: s["n"] for name, s in record["splits"].items()} == {"train": 90, "val": 18, "calib": 12, "test": 40}
+    # val (18 rows) halved: exit policies learn on one half, choices are made on the other
+    assert {name: s["n"] for name, s in record["splits"].items()} == {"train": 90, "val": 9, "calib": 12, "test": 40,
+                                                                      "policy": 9}
     assert len(record["operating_points"]) == 2
     for point in record["operating_points"]:
         assert 0.0 <= point["accuracy"] <= 1.0 and abs(sum(point["exit_shares"]) - 1.0) < 1e-6

@@ -31,7 +31,8 @@ def check_record(record: dict) -> None:
     assert record["config"]["dataset"] == "digits" and record["backbone"]["num_exits"] == 6
     assert record["backbone_accuracy"] >= 0.90                  # the ViT trained on first use
     points = record["operating_points"]
-    assert len(points) == (39 if record["config"]["method"] == "threshold" else 2)
+    method_params = record["config"]["method_params"]
+    assert len(points) == (len(method_params["q_grid"]) if record["config"]["method"] == "threshold" else 2)
     for p in points:
         assert 0.0 < p["cost"] < 1.5 and 0.0 <= p["accuracy"] <= 1.0
         assert abs(sum(p["exit_shares"]) - 1) < 1e-9
@@ -46,10 +47,10 @@ def test_smoke_grid_is_the_product_of_its_lists():
     configs = expand(load_grid(SMOKE))
     assert len(configs) == 12 and len({c.run_id for c in configs}) == 12
     assert Counter(c.method for c in configs) == {"threshold": 6, "jei": 6}
-    combos = Counter((c.method, c.method_params.get("loss_weights", c.method_params.get("im_loss")), c.seed)
-                     for c in configs)
+    combos = Counter((c.method, str(c.method_params.get("q_grid") if c.method == "threshold" else
+                                    c.method_params["im_loss"]), c.seed) for c in configs)
     assert set(combos.values()) == {1}
-    assert {k[1] for k in combos} == {"uniform", "linear", "weighted"}
+    assert {k[1] for k in combos} == {"[0.5, 1.0, 1.5]", "[0.25, 0.75, 1.25, 1.75]", "uniform", "weighted"}
     assert {c.seed for c in configs} == {0, 1, 2}
     for c in configs:   # each method starts from its test_parameters; a list-valued one stays whole
         tiny = load_methods().get(c.method).test_parameters
@@ -61,32 +62,33 @@ def test_smoke_grid_is_the_product_of_its_lists():
 
 def test_run_ids_are_those_of_eebench_run():
     """The sweep resolves each run exactly as `eebench run --set ...` does, so the ids agree."""
-    by_key = {(c.method, c.seed, c.method_params.get("im_loss", c.method_params.get("loss_weights"))): c.run_id
+    by_key = {(c.method, c.seed, str(c.method_params.get("im_loss", c.method_params.get("q_grid")))): c.run_id
               for c in expand(load_grid(SMOKE))}
-    jei = resolve("jei", "digits", None, 2, ["method.epochs=4", "method.warmup_epochs=2",
-                                             "method.lambdas=[0.1, 1.0]", "method.im_loss=uniform"])
-    thr = resolve("threshold", None, None, 0, ["method.epochs=2", "method.loss_weights=linear"])
+    jei = resolve("jei", "digits", None, 2, ["method.epochs=4", "method.lambdas=[0.1, 1.0]", "method.im_loss=uniform"])
+    thr = resolve("threshold", None, None, 0, ["method.q_grid=[0.5, 1.0, 1.5]"])
     assert by_key[("jei", 2, "uniform")] == jei.run_id
-    assert by_key[("threshold", 0, "linear")] == thr.run_id
+    assert by_key[("threshold", 0, "[0.5, 1.0, 1.5]")] == thr.run_id
 
 
 def test_include_inherits_overrides_and_removes(tmp_path):
     _write(tmp_path / "base.yaml", "name: base\ndatasets: [digits]\nseeds: [0, 1]\ntest_parameters: true\n"
-                                   "methods:\n  threshold: {loss_weights: [uniform, linear]}\n  jei: {}\n")
+                                   "methods:\n  boosted: {gamma: [0.5, 1.0]}\n  jei: {}\n")
     _write(tmp_path / "child.yaml", "include: base.yaml\nseeds: 3\n"
-                                    "methods:\n  jei: null\n  threshold: {epochs: [1, 3]}\n")
+                                    "methods:\n  jei: null\n  boosted: {final_exit: [ensemble, backbone]}\n")
     base, child = load_grid(tmp_path / "base.yaml"), load_grid(tmp_path / "child.yaml")
     assert base.name == "base" and child.name == "child"      # a name is never inherited
     assert len(expand(base)) == 2 * 2 + 2
     configs = expand(child)
-    # jei removed; threshold keeps the inherited loss_weights sweep and adds an epochs sweep; seeds 0..2
-    assert {c.method for c in configs} == {"threshold"}
+    # jei removed; boosted keeps the inherited gamma sweep and adds a final_exit sweep; seeds 0..2
+    assert {c.method for c in configs} == {"boosted"}
     assert len(configs) == 2 * 2 * 3
-    assert {(c.method_params["loss_weights"], c.method_params["epochs"]) for c in configs} == \
-        {("uniform", 1), ("uniform", 3), ("linear", 1), ("linear", 3)}
-    # --set overrides a dotted grid key; null removes an entry
-    assert len(expand(load_grid(tmp_path / "child.yaml", ["seeds=[5]", "methods.threshold.epochs=2"]))) == 2
-    assert {c.method for c in expand(load_grid(tmp_path / "base.yaml", ["methods.jei=null"]))} == {"threshold"}
+    assert {(c.method_params["gamma"], c.method_params["final_exit"]) for c in configs} == \
+        {(0.5, "ensemble"), (0.5, "backbone"), (1.0, "ensemble"), (1.0, "backbone")}
+    # --set overrides a dotted grid key; null removes an entry; im_params sweep the shared IM stage
+    assert len(expand(load_grid(tmp_path / "child.yaml", ["seeds=[5]", "methods.boosted.gamma=2"]))) == 2
+    assert {c.method for c in expand(load_grid(tmp_path / "base.yaml", ["methods.jei=null"]))} == {"boosted"}
+    swept = expand(load_grid(tmp_path / "base.yaml", ["im_params.epochs=[5, 10]"]))
+    assert Counter(c.im_params["epochs"] for c in swept) == {5: 6, 10: 6}
 
 
 def test_list_valued_parameters_sweep_only_lists_of_lists(tmp_path):
@@ -132,6 +134,7 @@ def test_include_cycle_and_unknown_keys(tmp_path):
 @pytest.mark.parametrize("grid, words", [
     ("methods: {jie: {}}", ["unknown method 'jie'", "did you mean 'jei'"]),
     ("methods: {jei: {epoch: [1, 2]}}", ["method.epoch", "did you mean 'epochs'"]),
+    ("im_params: {epoch: 3}\nmethods: [threshold]", ["im.epoch", "did you mean 'epochs'"]),
     ("methods: {jei: {epochs: two}}", ["method.epochs='two'", "expected int"]),
     ("datasets: [cifar01]\nmethods: [jei]", ["unknown dataset 'cifar01'", "did you mean 'cifar10'"]),
     ("methods: {jei: {im_loss: []}}", ["im_loss", "empty list"]),
@@ -154,7 +157,7 @@ def test_dry_run_lists_runs_and_stages_and_submits_nothing(cli, tmp_path):
     assert "grid smoke: 12 runs (0 already recorded" in out
     assert out.count("  pending  ") == 12
     assert "stages: 1 feature job(s), then 12 run task(s)" in out
-    assert "im_loss=weighted" in out and "loss_weights=linear" in out   # printed: what differs from the defaults
+    assert "im_loss=weighted" in out and "q_grid=[0.5, 1.0, 1.5]" in out   # printed: what differs from the defaults
     assert not (tmp_path / "runs").exists()
 
 
@@ -162,7 +165,7 @@ def test_inline_sweep_skips_recorded_runs_and_reports_a_failing_one(cli, tmp_pat
     """A run recorded by `eebench run` is skipped by the sweep (same id, record untouched); a run
     with a parameter its method rejects fails alone, reported with its log; --collect gathers."""
     out = tmp_path / "runs"
-    status, _, err = cli("run", "--method", "threshold", "--seed", "1", "--set", "method.epochs=2", "--out", out)
+    status, _, err = cli("run", "--method", "threshold", "--seed", "1", "--out", out)
     assert status == 0, err
     first = next(out.glob("*/record.json"))
     before = (first.read_bytes(), first.stat().st_mtime_ns)

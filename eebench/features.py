@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,26 +36,27 @@ FEATURES_VERSION = 1
 class SplitFeatures:
     """Cached backbone outputs of one split.
 
-    The K−1 IM inputs are held as one row-major tensor ``stacked`` ``[N, ΣD_k]`` (float32), and
-    ``im_inputs`` are column views into it, so that a mini-batch of every IM input is one row
-    gather (:meth:`rows`).
+    The K−1 IM inputs are held as one row-major float16 tensor ``stacked`` ``[N, ΣD_k]`` (as cached),
+    so that a mini-batch of every IM input is one row gather, converted to float32 (:meth:`rows`).
 
     Attributes:
-        im_inputs: K−1 float32 tensors ``[N, D_k]``, the IM inputs after blocks 1..K−1.
+        stacked: ``[N, ΣD_k]`` float16, the IM inputs after blocks 1..K−1 side by side.
+        dims: ``[D_1..D_{K−1}]``.
         logits: ``[N, C]`` float32, the backbone's own classifier (exit K).
         labels: ``[N]`` int64.
     """
 
-    im_inputs: list[torch.Tensor]
+    im_inputs_f16: InitVar[list[torch.Tensor]]
     logits: torch.Tensor
     labels: torch.Tensor
+    stacked: torch.Tensor = field(init=False)
+    dims: list[int] = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.dims = [int(x.shape[1]) for x in self.im_inputs]
-        self.stacked = torch.empty(self.labels.shape[0], sum(self.dims))
-        for view, x in zip(self.stacked.split(self.dims, 1), self.im_inputs):
-            view.copy_(x)                      # float16 → float32 in place, no temporary
-        self.im_inputs = list(self.stacked.split(self.dims, 1))
+    def __post_init__(self, im_inputs_f16: list[torch.Tensor]) -> None:
+        self.dims = [int(x.shape[1]) for x in im_inputs_f16]
+        self.stacked = torch.empty(self.labels.shape[0], sum(self.dims), dtype=torch.float16)
+        for view, x in zip(self.stacked.split(self.dims, 1), im_inputs_f16):
+            view.copy_(x)
 
     @property
     def n(self) -> int:
@@ -63,15 +64,20 @@ class SplitFeatures:
 
     @property
     def num_exits(self) -> int:
-        return len(self.im_inputs) + 1
+        return len(self.dims) + 1
+
+    @property
+    def im_inputs(self) -> list[torch.Tensor]:
+        """The K−1 IM inputs of the whole split, float32 ``[N, D_k]`` each (a copy: prefer :meth:`rows`)."""
+        return self.rows(slice(None))
 
     def rows(self, idx: torch.Tensor | slice) -> list[torch.Tensor]:
-        """The K−1 IM inputs of rows ``idx``, ``[B, D_k]`` each, from one gather of ``stacked``."""
-        return list(self.stacked[idx].split(self.dims, 1))
+        """The K−1 IM inputs of rows ``idx``, float32 ``[B, D_k]`` each, from one gather of ``stacked``."""
+        return list(self.stacked[idx].float().split(self.dims, 1))
 
     def subset(self, idx: torch.Tensor) -> "SplitFeatures":
         """The rows ``idx`` (a LongTensor or slice) of every tensor."""
-        return SplitFeatures(self.rows(idx), self.logits[idx], self.labels[idx])
+        return SplitFeatures(list(self.stacked[idx].split(self.dims, 1)), self.logits[idx], self.labels[idx])
 
 
 def state_dict_sha256(model: torch.nn.Module) -> str:
@@ -113,7 +119,7 @@ def extract(adapter: Any, dataset: Dataset, batch_size: int = 256, num_workers: 
 
 
 def _save(split: SplitFeatures, path: Path) -> None:
-    tensors = {f"im_input_{k + 1}": x.to(torch.float16).contiguous() for k, x in enumerate(split.im_inputs)}
+    tensors = {f"im_input_{k + 1}": x.contiguous() for k, x in enumerate(split.stacked.split(split.dims, 1))}
     tensors.update(logits=split.logits.contiguous(), labels=split.labels.contiguous())
     save_file(tensors, str(path))
 

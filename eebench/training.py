@@ -100,8 +100,7 @@ def check_finite(loss: torch.Tensor, where: str) -> None:
 def im_logits(ims: Sequence[nn.Module], split: SplitFeatures, idx: torch.Tensor | slice = slice(None)
               ) -> list[torch.Tensor]:
     """Logits of the K−1 IMs on rows ``idx`` of ``split``: a list of K−1 tensors ``[B, C]``."""
-    inputs = split.im_inputs if isinstance(idx, slice) and idx == slice(None) else split.rows(idx)
-    return [im(x) for im, x in zip(ims, inputs)]
+    return [im(x) for im, x in zip(ims, split.rows(idx))]
 
 
 def all_exit_logits(ims: Sequence[nn.Module], split: SplitFeatures, idx: torch.Tensor | slice = slice(None)
@@ -133,14 +132,18 @@ class StackedIMs(nn.Module):
 
     def __init__(self, ims: nn.ModuleList, copies: int):
         super().__init__()
-        stack = [IMStack(copy.deepcopy(ims)) for _ in range(copies)]
-        params, buffers = torch.func.stack_module_state(stack)
-        self.names = list(params)
-        self.params = nn.ParameterList(nn.Parameter(params[k]) for k in self.names)
-        self.buffer_names = list(buffers)
-        for i, k in enumerate(self.buffer_names):
-            self.register_buffer(f"buffer_{i}", buffers[k])
-        object.__setattr__(self, "template", stack[0].to("meta"))   # not a submodule: no parameters of its own
+        one = IMStack(ims)
+
+        def stacked(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().unsqueeze(0).expand(copies, *t.shape).clone()
+
+        self.names = [k for k, _ in one.named_parameters()]
+        self.params = nn.ParameterList(nn.Parameter(stacked(p)) for _, p in one.named_parameters())
+        self.buffer_names = [k for k, _ in one.named_buffers()]
+        for i, (_, b) in enumerate(one.named_buffers()):
+            self.register_buffer(f"buffer_{i}", stacked(b))
+        # the module the copies run through, without storage and not a submodule (no parameters of its own)
+        object.__setattr__(self, "template", copy.deepcopy(one).to("meta"))
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """K−1 inputs ``[B, D_k]`` (shared by the copies) → logits ``[M, B, K−1, C]``."""

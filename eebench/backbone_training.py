@@ -58,6 +58,7 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "backbone_lr_ratio": 1.0,  # learning rate of everything but the classifier, relative to lr
     "drop_path_rate": None,    # stochastic depth while training (None: the model's default)
     "input_cfg": {},           # overlay of the model's data config: input_size [C, H, W], crop_pct, mean, std, ...
+    "num_threads": 0,          # CPU threads while training (0: torch's default); fixed, the weights are too
 }
 
 
@@ -208,6 +209,21 @@ def _train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, override
         elif ckpt["state"]["epoch"] >= recipe["epochs"] and final.exists():
             log.info("backbone: %s on %s is already trained with this recipe: %s", spec.name, splits.spec.name, final)
             return final
+    threads = torch.get_num_threads()
+    if recipe["num_threads"]:
+        torch.set_num_threads(int(recipe["num_threads"]))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _train_loop(spec, splits, recipe, folder, final, last, ckpt, weights_dir, stop_after)
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.set_num_threads(threads)
+
+
+def _train_loop(spec: Any, splits: DataSplits, recipe: dict[str, Any], folder: Path, final: Path, last: Path,
+                ckpt: dict[str, Any] | None, weights_dir: Path | None, stop_after: int | None) -> Path:
+    """The epochs of :func:`_train_backbone`, seeded end to end (initialisation, data order,
+    augmentation through the seeded global generator), with deterministic kernels where torch has them."""
     C = splits.spec.num_classes
     torch.manual_seed(recipe["seed"])
     model = build_model(spec.name, C, recipe, weights_dir, training=True)

@@ -21,6 +21,7 @@ log = logging.getLogger("eebench")
 COMMAND_MODULES: list[str] = []
 COMMAND_MODULES.append("eebench.cli_report")
 COMMAND_MODULES.append("eebench.cli_sweep")
+COMMAND_MODULES.append("eebench.cli_reproduce")
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:

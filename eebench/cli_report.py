@@ -57,14 +57,15 @@ def _options(args: argparse.Namespace):
     return ReportOptions(budgets, args.selection_split, args.bootstrap)
 
 
-def tables(source: Path, out: Path | None, options=None):
+def tables(source: Path, out: Path | None, options=None, run_ids: set[str] | None = None):
     """The operating-point table and the samples table of ``source``, always as read back from
     parquet, so that a report from run records and a later one from the committed tables compute
     from the same values.
 
-    From run records, both tables are written to ``out`` (a temporary folder when None) and read
-    back; the samples table holds the points ``options`` deploys. A ``.parquet`` source is read as it
-    is, with the ``samples.parquet`` beside it (None when absent).
+    From run records (only those of ``run_ids`` when given), both tables are written to ``out`` (a
+    temporary folder when None) and read back; the samples table holds the points ``options``
+    deploys. A ``.parquet`` source is read as it is, with the ``samples.parquet`` beside it (None
+    when absent).
     """
     from eebench import report, table
 
@@ -72,6 +73,8 @@ def tables(source: Path, out: Path | None, options=None):
     if source.is_file():
         return table.read_table(source), table.read_samples(source.parent / table.SAMPLES_NAME)
     df, folders = table.collect(source)
+    if run_ids is not None:
+        df = df[df["run_id"].isin(run_ids)].reset_index(drop=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out or tmp)
         path = folder / table.TABLE_NAME

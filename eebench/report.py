@@ -38,7 +38,7 @@ from eebench import bootstrap
 from eebench.records import write_atomic
 from eebench.selection import (cheapest_within, check_budgets, check_selection_split, select,
                                selection_intervals)
-from eebench.table import QUANTUM, method_rank
+from eebench.table import SCORE_LEVELS, dequantise_confidence, method_rank
 
 #: Budgets (normalised cost) of the leaderboard.
 BUDGETS: tuple[float, ...] = (0.25, 0.50, 0.75, 1.00)
@@ -202,11 +202,11 @@ class _Samples:
         if r is None:
             return None
         if what == "auc":
-            return r.auc_score.astype(np.float64) / QUANTUM
+            return r.auc_score.astype(np.float64) / SCORE_LEVELS
         if what == "cost":
             return self.exit_costs[run_id][r.exit.astype(int)]
         if what == "confidence":
-            return r.confidence.astype(np.float64) / QUANTUM
+            return dequantise_confidence(r.confidence)
         return getattr(r, what).astype(np.float64)
 
 

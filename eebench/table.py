@@ -15,9 +15,10 @@ identity (``backbone_accuracy``, ``backbone_muladds``, ``num_exits``, ``exit_cos
 ``samples.parquet``, beside it, holds the per-sample arrays the uncertainty of the leaderboard
 needs (:mod:`eebench.bootstrap`), for the points the leaderboard deploys only: one row per
 (``run_id``, ``point``) with the test samples' ``exit`` (0-based), ``correct``, ``confidence``
-(quantised to 1/65535) and conformal ``set_size`` at α = 0.05; and one row per run with
-``point`` = −1 and ``auc_score``, each sample's correctness weighted by the share of budgets at
-which each point is deployed (quantised likewise).
+(240 levels aligned with the ECE bins, :func:`quantise_confidence`) and conformal ``set_size`` at
+α = 0.05; and one row per run with ``point`` = −1 and ``auc_score``, each sample's correctness
+weighted by the share of budgets at which each point is deployed (255 levels). They serve only the
+standard errors; every mean is computed from the exact figures of the operating-point table.
 
 Both tables are written atomically as zstd-compressed parquet, tagged with :data:`TABLE_VERSION`;
 reports and figures compute from the tables as read back, so a report from run records and one
@@ -50,8 +51,23 @@ PER_EXIT_COLUMNS: tuple[str, ...] = ("exit_shares", "exit_accuracy", "im_accurac
 #: List columns of one entry per requested α ([10]).
 CONFORMAL_COLUMNS: tuple[str, ...] = ("conformal_alpha", "conformal_inefficiency", "conformal_coverage")
 KEY_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "method", "seed", "run_id", "point")
-#: Quantisation of confidences and AUC scores in ``samples.parquet``.
-QUANTUM = 65535
+#: Levels of the confidences in ``samples.parquet``: a multiple of the 15 ECE bins, so that every
+#: stored level falls in the same bin as the confidence it stands for (:func:`quantise_confidence`).
+CONFIDENCE_LEVELS = 240
+#: Levels of the AUC scores in ``samples.parquet``.
+SCORE_LEVELS = 255
+
+
+def quantise_confidence(confidence: np.ndarray) -> np.ndarray:
+    """``ceil(conf · 240)`` as uint8: the ECE bin ((m−1)/15, m/15] of a confidence is exactly that of
+    :func:`dequantise_confidence` of its level; the value itself is kept to 1/480."""
+    return np.clip(np.ceil(np.asarray(confidence, np.float64) * CONFIDENCE_LEVELS), 0, CONFIDENCE_LEVELS).astype(np.uint8)
+
+
+def dequantise_confidence(levels: np.ndarray) -> np.ndarray:
+    """The middle of each level's interval ((q − 1)/240, q/240] (0 for level 0)."""
+    q = np.asarray(levels, np.float64)
+    return np.clip(q - 0.5, 0.0, None) / CONFIDENCE_LEVELS
 
 
 def method_rank(name: str) -> tuple[int, str]:
@@ -119,6 +135,7 @@ def record_rows(record: dict[str, Any], path: Path | str = "record") -> list[dic
             "exit_costs": _floats(record.get("exit_costs"), K),
             "git_revision": str(record.get("git_revision") or "unknown"),
             "created": str(record.get("created") or "unknown"), "device": str(record.get("device") or "unknown"),
+            "run_seconds": _float((record.get("timings") or {}).get("total")),
             **{f"version_{k}": str(v) for k, v in sorted(record.get("versions", {}).items())},
             **{f"p_method_{k}": v for k, v in sorted(cfg.get("method_params", {}).items())},
             **{f"p_dataset_{k}": v for k, v in sorted(cfg.get("dataset_params", {}).items())},
@@ -266,13 +283,13 @@ def sample_payloads(folders: dict[str, Path], plan: dict[str, dict[str, Any]], t
         for p in sorted(set(plan[run_id]["points"])):
             rows.append({"run_id": run_id, "point": int(p), "exit": arrays["exit_index"][p].astype(np.int8),
                          "correct": correct[p], "set_size": arrays["set_size"][p].astype(np.int16),
-                         "confidence": np.rint(arrays["confidence"][p].astype(np.float64) * QUANTUM).astype(np.uint16),
+                         "confidence": quantise_confidence(arrays["confidence"][p]),
                          "auc_score": None})
         auc = plan[run_id].get("auc") or {}
         if auc:
             score = sum(w * correct[p] for p, w in auc.items())
             rows.append({"run_id": run_id, "point": -1, "exit": None, "correct": None, "set_size": None,
-                         "confidence": None, "auc_score": np.rint(score * QUANTUM).astype(np.uint16)})
+                         "confidence": None, "auc_score": np.rint(score * SCORE_LEVELS).astype(np.uint8)})
     return pd.DataFrame(rows, columns=["run_id", "point", "exit", "correct", "set_size", "confidence", "auc_score"])
 
 
@@ -286,12 +303,12 @@ def _write_parquet(table: Any, path: Path) -> None:
 
 
 def write_samples(df: pd.DataFrame, path: Path) -> None:
-    """Write the ``samples.parquet`` table atomically (lists as int8 / bool / int16 / uint16)."""
+    """Write the ``samples.parquet`` table atomically (lists as int8 / bool / int16 / uint8)."""
     import pyarrow as pa
 
     schema = pa.schema([("run_id", pa.string()), ("point", pa.int32()), ("exit", pa.list_(pa.int8())),
                         ("correct", pa.list_(pa.bool_())), ("set_size", pa.list_(pa.int16())),
-                        ("confidence", pa.list_(pa.uint16())), ("auc_score", pa.list_(pa.uint16()))])
+                        ("confidence", pa.list_(pa.uint8())), ("auc_score", pa.list_(pa.uint8()))])
     cols = {c: [None if v is None else (v.tolist() if isinstance(v, np.ndarray) else v) for v in df[c]]
             for c in schema.names}
     _write_parquet(pa.Table.from_pydict(cols, schema=schema), path)

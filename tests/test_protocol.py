@@ -14,7 +14,7 @@ from eebench.errors import UsageError
 from eebench.metrics import ece
 from eebench.report import ReportOptions, leaderboard
 from eebench.selection import cheapest_within, select, selection_intervals
-from eebench.table import QUANTUM
+from eebench.table import CONFIDENCE_LEVELS, SCORE_LEVELS, dequantise_confidence, quantise_confidence
 
 
 def test_val_selection_takes_the_best_val_accuracy_within_the_budget():
@@ -123,10 +123,10 @@ def test_leaderboard_standard_errors_and_ties_from_per_sample_arrays():
     b[np.flatnonzero(a)[:4]] = False
     c = rng.random(n) < 0.6
     samples = pd.DataFrame([{"run_id": r, "point": 0, "exit": np.zeros(n, np.int8), "correct": v,
-                             "set_size": np.ones(n, np.int16), "confidence": np.full(n, QUANTUM, np.uint16),
+                             "set_size": np.ones(n, np.int16), "confidence": np.full(n, CONFIDENCE_LEVELS, np.uint8),
                              "auc_score": None} for r, v in (("a-1", a), ("b-1", b), ("c-1", c))]
                            + [{"run_id": r, "point": -1, "exit": None, "correct": None, "set_size": None,
-                               "confidence": None, "auc_score": (v * QUANTUM).astype(np.uint16)}
+                               "confidence": None, "auc_score": (v * SCORE_LEVELS).astype(np.uint8)}
                               for r, v in (("a-1", a), ("b-1", b), ("c-1", c))])
     board = leaderboard(df, samples, ReportOptions(budgets=(0.5,), replicates=500)).set_index("variant")
     se = board.loc["a", "accuracy_at_0.50_se"]
@@ -167,3 +167,11 @@ def test_a_second_method_reuses_the_cached_im_stage(cli, tmp_path):
     assert rb["ims"]["stage"]["best_epochs"] == ra["ims"]["stage"]["best_epochs"]
     # the same IMs: every IM's test accuracy is the same in both records
     assert ra["operating_points"][0]["im_accuracy"] == rb["operating_points"][0]["im_accuracy"]
+
+
+def test_quantised_confidences_keep_their_ece_bin():
+    conf = np.array([0.0, 1 / 15, 1 / 15 + 1e-9, 0.5, 0.9999, 1.0])
+    back = dequantise_confidence(quantise_confidence(conf))
+    bins = lambda c: np.clip(np.ceil(c * 15).astype(int) - 1, 0, 14)   # noqa: E731  (as metrics.ece)
+    assert np.array_equal(bins(back), bins(conf))
+    assert np.abs(back - conf)[1:].max() <= 1 / 480 + 1e-12

@@ -135,7 +135,8 @@ def test_samples_table_holds_the_deployed_points_of_the_records(sweep: Path, tmp
             assert np.array_equal(row["correct"], arrays["prediction"][i] == arrays["labels"])
             assert np.array_equal(row["exit"], arrays["exit_index"][i])
             assert row["set_size"].mean() == pytest.approx(record["operating_points"][i]["inefficiency_at_95"])
-            np.testing.assert_allclose(row["confidence"] / table.QUANTUM, arrays["confidence"][i], atol=2e-5)
+            np.testing.assert_allclose(table.dequantise_confidence(row["confidence"]), arrays["confidence"][i],
+                                       atol=1 / 480 + 1e-3)
 
 
 def test_regenerate_from_table_byte_for_byte(sweep: Path, tmp_path: Path, cli):

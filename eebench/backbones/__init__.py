@@ -75,7 +75,7 @@ register_backbone(BackboneSpec(
     name="vit_digits", adapter=vit.ViTExits, train_on_first_use=True,
     description="ViT depth 6, width 64 on 8x8 digits, trained here on first use; 6 exits, IM = Linear on normed CLS",
     recipe={"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "epochs": 100, "batch_size": 64,
-            "augment": "none", "num_workers": 0}))
+            "augment": "none", "num_workers": 0, "num_threads": 1}))
 
 # GRIT-style graph transformer on MNIST superpixel graphs (eebench/backbones/grit.py, eebench/graphs.py):
 # trained here from scratch; AdamW as GRIT's MNIST recipe (which runs 200 epochs on a GPU; fewer here).

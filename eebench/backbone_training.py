@@ -17,6 +17,7 @@ The recipe of a run is :data:`RECIPE_DEFAULTS`, then the backbone's ``recipe``, 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -37,6 +38,8 @@ from filelock import FileLock
 
 from eebench.data import DataSplits
 from eebench.errors import ConfigError, CorruptCacheError, NonFiniteLossError
+from eebench.integrity import load_verified, save_hashed
+from eebench.params import AT_LEAST_ONE, FRACTION, MOMENTUM, NON_NEGATIVE, POSITIVE, Constraint, OneOf, Optional
 from eebench.records import write_json
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,12 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "input_cfg": {},           # overlay of the model's data config: input_size [C, H, W], crop_pct, mean, std, ...
     "num_threads": 0,          # CPU threads while training (0: torch's default); fixed, the weights are too
 }
+RECIPE_CONSTRAINTS: dict[str, Constraint] = {
+    "optimizer": OneOf(("sgd", "adamw")), "lr": POSITIVE, "momentum": MOMENTUM, "weight_decay": NON_NEGATIVE,
+    "epochs": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "augment": OneOf(("crop_flip", "crop", "none")),
+    "label_smoothing": FRACTION, "init": OneOf(("scratch", "pretrained")), "seed": NON_NEGATIVE,
+    "num_workers": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE, "backbone_lr_ratio": NON_NEGATIVE,
+    "drop_path_rate": Optional(FRACTION), "num_threads": NON_NEGATIVE}
 
 
 def default_recipe(backbone: str, dataset: str) -> dict[str, Any]:
@@ -110,13 +119,48 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
 
-def checkpoint_dir(cache_dir: Path, backbone: str, splits: DataSplits) -> Path:
-    return Path(cache_dir) / "backbones" / backbone / f"{splits.spec.name}-{splits.key()}"
+def full_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """``recipe`` with every key of :data:`RECIPE_DEFAULTS` (the defaults fill what it lacks)."""
+    return {**RECIPE_DEFAULTS, **recipe}
 
 
-def checkpoint_path(cache_dir: Path, backbone: str, splits: DataSplits) -> Path:
-    """Where the selected weights of (backbone, dataset, splits) live once trained."""
-    return checkpoint_dir(cache_dir, backbone, splits) / "model.safetensors"
+def recipe_key(recipe: dict[str, Any]) -> str:
+    """A content hash of a full recipe: a trained checkpoint's identity beside (backbone, data)."""
+    blob = json.dumps(full_recipe(recipe), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def checkpoint_dir(cache_dir: Path, backbone: str, splits: DataSplits, recipe: dict[str, Any]) -> Path:
+    """``<cache>/backbones/<backbone>/<dataset>-<split key>-r<recipe key>``: one folder per recipe."""
+    return Path(cache_dir) / "backbones" / backbone / f"{splits.spec.name}-{splits.key()}-r{recipe_key(recipe)}"
+
+
+def checkpoint_path(cache_dir: Path, backbone: str, splits: DataSplits, recipe: dict[str, Any]) -> Path:
+    """Where the selected weights of (backbone, dataset, splits, recipe) live once trained. A checkpoint
+    trained before recipes named their folder (``<dataset>-<split key>``) is moved here the first time
+    its recipe is asked for."""
+    folder = checkpoint_dir(cache_dir, backbone, splits, recipe)
+    legacy = Path(cache_dir) / "backbones" / backbone / f"{splits.spec.name}-{splits.key()}"
+    if not folder.exists() and (legacy / "meta.json").exists():
+        try:
+            trained = json.loads((legacy / "meta.json").read_text())["recipe"]
+        except (OSError, KeyError, ValueError):
+            trained = None
+        if trained is not None and full_recipe(trained) == full_recipe(recipe):
+            log.info("backbone: %s moved to %s (its recipe's folder)", legacy, folder)
+            os.replace(legacy, folder)
+    return folder / "model.safetensors"
+
+
+def trained_recipes(cache_dir: Path, backbone: str, splits: DataSplits) -> list[dict[str, Any]]:
+    """The full recipes of the checkpoints trained here for (backbone, dataset, splits)."""
+    out = []
+    for meta in sorted((Path(cache_dir) / "backbones" / backbone).glob(f"{splits.spec.name}-{splits.key()}*/meta.json")):
+        try:
+            out.append(full_recipe(json.loads(meta.read_text())["recipe"]))
+        except (OSError, KeyError, ValueError):
+            continue
+    return out
 
 
 @torch.no_grad()
@@ -148,11 +192,13 @@ def train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, overrides
     then resumes from (or finds) the first one's checkpoint. See :func:`_train_backbone`."""
     from eebench.backbones import BACKBONES
 
-    folder = checkpoint_dir(cache_dir, BACKBONES.get(backbone).name, splits)
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder / ".lock")):
-        final = checkpoint_path(cache_dir, BACKBONES.get(backbone).name, splits)
-        if final.exists() and not overrides and stop_after is None and is_complete(folder):
+    spec = BACKBONES.get(backbone)
+    recipe = {**default_recipe(spec.name, splits.spec.name), **(overrides or {})}
+    final = checkpoint_path(cache_dir, spec.name, splits, recipe)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final.parent / ".lock")):
+        if final.exists() and stop_after is None and is_complete(final.parent):
+            log.info("backbone: %s on %s is already trained with this recipe: %s", spec.name, splits.spec.name, final)
             return final
         return _train_backbone(backbone, splits, cache_dir, overrides, weights_dir, stop_after)
 
@@ -191,11 +237,9 @@ def _train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, override
     unknown = set(recipe) - set(RECIPE_DEFAULTS)
     if unknown:
         raise ConfigError(f"unknown recipe key(s) {sorted(unknown)}; valid: {', '.join(RECIPE_DEFAULTS)}")
-    if recipe["optimizer"] not in ("sgd", "adamw"):
-        raise ConfigError(f"recipe optimizer={recipe['optimizer']!r}: must be sgd or adamw")
-    folder = checkpoint_dir(cache_dir, spec.name, splits)
+    final = checkpoint_path(cache_dir, spec.name, splits, recipe)
+    folder = final.parent
     folder.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_path(cache_dir, spec.name, splits)
     last = folder / "last.pt"
     ckpt = None
     if last.exists():
@@ -288,7 +332,7 @@ def _train_loop(spec: Any, splits: DataSplits, recipe: dict[str, Any], folder: P
         if val_acc > state["best_val"]:
             state["best_val"], state["best_epoch"] = val_acc, state["epoch"]
             tmp = best_path.with_suffix(".tmp")
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            save_hashed({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
             os.replace(tmp, best_path)
         _atomic_torch_save({"model": {k: v.cpu() for k, v in model.state_dict().items()},
                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state,
@@ -310,34 +354,32 @@ def _train_loop(spec: Any, splits: DataSplits, recipe: dict[str, Any], folder: P
     return final
 
 
-def trained_recipe(backbone: str, splits: DataSplits, cache_dir: Path) -> dict[str, Any]:
-    """The recipe the weights of (backbone, dataset, splits) were trained with (``meta.json``), or
-    the default recipe when the entry predates ``meta.json``'s recipe."""
-    from eebench.backbones import BACKBONES
-
-    spec = BACKBONES.get(backbone)
-    meta = checkpoint_dir(cache_dir, spec.name, splits) / "meta.json"
-    try:
-        return {**RECIPE_DEFAULTS, **json.loads(meta.read_text())["recipe"]}
-    except (OSError, KeyError, ValueError):
-        return default_recipe(spec.name, splits.spec.name)
-
-
-def load_trained(backbone: str, splits: DataSplits, cache_dir: Path) -> nn.Module:
-    """The weights trained here for (backbone, dataset, splits), in the model their recipe built
-    (same input size and normalisation).
+def load_trained(backbone: str, splits: DataSplits, cache_dir: Path, recipe: dict[str, Any]) -> nn.Module:
+    """The weights trained here for (backbone, dataset, splits, recipe), in the model their recipe
+    built (same input size and normalisation), checked against their content hash (a checkpoint
+    written before checkpoints carried one gets it now).
 
     Raises:
-        CorruptCacheError: the file cannot be read or does not fit the model.
+        CorruptCacheError: the file cannot be read, fails its hash or does not fit the model.
     """
     from eebench.backbones import BACKBONES
 
     spec = BACKBONES.get(backbone)
-    path = checkpoint_path(cache_dir, spec.name, splits)
-    model = build_model(spec.name, splits.spec.num_classes, trained_recipe(spec.name, splits, cache_dir))
+    path = checkpoint_path(cache_dir, spec.name, splits, recipe)
+    model = build_model(spec.name, splits.spec.num_classes, full_recipe(recipe))
     try:
-        model.load_state_dict(load_file(str(path)))
+        try:
+            state, _ = load_verified(path)
+        except ValueError as e:
+            if "carries no content hash" not in str(e):
+                raise
+            state = load_file(str(path))
+            tmp = path.with_suffix(".tmp")
+            save_hashed(state, tmp)
+            os.replace(tmp, path)
+            log.info("backbone: %s had no content hash; added", path)
+        model.load_state_dict(state)
     except Exception as e:
-        raise CorruptCacheError(f"trained weights {path} are unreadable ({type(e).__name__}); delete "
-                                f"{path.parent} and train again") from e
+        raise CorruptCacheError(f"trained weights {path} are unreadable or corrupt ({type(e).__name__}: {e}); delete "
+                                f"them (rm -r {path.parent}) and train again") from e
     return model

@@ -10,7 +10,9 @@ import argparse
 import importlib
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from eebench.errors import EEBenchError
@@ -72,7 +74,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from eebench.config import resolve
     from eebench.runner import RunOptions, run, summary_table
 
+    from eebench import paths
+
     config = resolve(args.method, args.dataset, args.backbone, args.seed, args.sets, args.config)
+    paths.writable_dir(args.out, "--out")
+    paths.cache_dir(args.cache_dir)
+    warn_unused_flags(config.dataset, args)
     log.info("run %s", config.run_id)
     options = RunOptions(args.data_dir, args.weights_dir, args.cache_dir, args.out, args.batch_size, args.num_workers)
     record = run(config, options)
@@ -84,6 +91,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
     print(f"record: {Path(args.out) / config.run_id / 'record.json'}")
     return 0
+
+
+def warn_unused_flags(dataset: str, args: argparse.Namespace) -> None:
+    """One log line for a flag that does not apply to ``dataset`` (``--data-dir`` for a bundled one)."""
+    from eebench.data import DATASETS
+
+    spec = DATASETS.get(dataset)
+    if getattr(args, "data_dir", None) is not None and spec.bundled:
+        log.warning("--data-dir does not apply to %s (it is bundled with a dependency): ignored", spec.name)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -104,15 +120,17 @@ def cmd_list(args: argparse.Namespace) -> int:
             d = DATASETS.get(name)
             print(f"  {name:<{width}} {d.hub_id or '(bundled)':<22} default backbone {d.default_backbone:<16} {d.description}")
     if args.what in (None, "backbones"):
+        from eebench.backbones import describe_backbone
+
         print("backbones:")
         for name in BACKBONES.names():
-            print(f"  {name:<16} {BACKBONES.get(name).description}")
+            print(f"  {name:<16} {describe_backbone(name)}")
     return 0
 
 
 def cmd_backbone_train(args: argparse.Namespace) -> int:
     from eebench import paths
-    from eebench.backbone_training import default_recipe, train_backbone
+    from eebench.backbone_training import RECIPE_CONSTRAINTS, default_recipe, train_backbone
     from eebench.backbones import BACKBONES
     from eebench.config import check_params, parse_set, resolve_holdout
     from eebench.data import DATASETS, load_splits
@@ -126,10 +144,11 @@ def cmd_backbone_train(args: argparse.Namespace) -> int:
             dataset_params[key[len("dataset."):]] = value
         else:
             recipe[key.removeprefix("recipe.")] = value
-    dataset_params = check_params("dataset", dspec.name, dataset_params, dspec.default_parameters())
+    dataset_params = check_params("dataset", dspec.name, dataset_params, dspec.default_parameters(),
+                                  dspec.constraints())
     if dataset_params["holdout"] == "auto":
         dataset_params["holdout"] = resolve_holdout(spec.name, dspec.name)
-    recipe = check_params("recipe", spec.name, recipe, default_recipe(spec.name, dspec.name))
+    recipe = check_params("recipe", spec.name, recipe, default_recipe(spec.name, dspec.name), RECIPE_CONSTRAINTS)
     cache = paths.cache_dir(args.cache_dir)
     splits = load_splits(dspec.name, dataset_params, paths.data_dir(args.data_dir), cache)
     path = train_backbone(spec.name, splits, cache, recipe, paths.weights_dir(args.weights_dir), args.stop_after)
@@ -141,17 +160,38 @@ def cmd_backbone_train(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` and lock release runs."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 1 failed run, 2 bad input)."""
+    """Entry point; returns the exit status (0 ok, 1 failed run, 2 bad input, 130 interrupted,
+    143 terminated). An interrupt unwinds like an error: temporary files are removed, locks
+    released, and nothing half-written remains (every record and cache entry is written atomically)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         return int(args.handler(args))
     except EEBenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; nothing written", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("terminated; nothing written", file=sys.stderr)
+        return 143
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,10 @@ def tables(source: Path, out: Path | None, options=None, run_ids: set[str] | Non
 def cmd_report(args: argparse.Namespace) -> int:
     from eebench import report
 
+    from eebench.paths import writable_dir
+
     options = _options(args)
+    writable_dir(args.out, "--out")
     df, samples = tables(args.source, args.out, options)
     board, written = report.write_report(df, samples, args.out, options)
     cols = ["dataset", "backbone", "variant", "seeds", "backbone_accuracy_mean", "accuracy_at_0.50_mean",
@@ -105,7 +108,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from eebench import plots
+    from eebench.paths import writable_dir
 
+    writable_dir(args.out, "--out")
     written = plots.plot_all(tables(args.source, None)[0], args.out)
     for path in written:
         print(f"wrote {path}")

@@ -55,8 +55,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from eebench import sweep
     from eebench.runner import RunOptions
 
+    from eebench import paths
+
     grid = sweep.load_grid(args.grid, args.sets)
     configs = sweep.expand(grid)
+    paths.writable_dir(args.out, "--out")
+    paths.cache_dir(args.cache_dir)
     options = RunOptions(args.data_dir, args.weights_dir, args.cache_dir, args.out, args.batch_size, args.num_workers)
     if args.dry_run:
         return _dry_run(grid, configs, args)

@@ -32,8 +32,10 @@ from typing import Any
 import yaml
 
 from eebench.errors import ConfigError
+from eebench.params import Constraint
 
-TOP_KEYS = ("method", "dataset", "backbone", "weights", "seed", "method_params", "dataset_params", "im_params")
+TOP_KEYS = ("method", "dataset", "backbone", "weights", "seed", "method_params", "dataset_params", "im_params",
+            "recipe")
 
 
 @dataclass
@@ -48,9 +50,14 @@ class RunConfig:
     method_params: dict[str, Any] = field(default_factory=dict)
     dataset_params: dict[str, Any] = field(default_factory=dict)
     im_params: dict[str, Any] = field(default_factory=dict)  # the shared IM stage (eebench.im_stage)
+    recipe: dict[str, Any] = field(default_factory=dict)     # of trained weights ({} for published ones)
 
     def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(asdict(self))
+        """The config as a dict; ``recipe`` only for trained weights (published runs keep their ids)."""
+        out = copy.deepcopy(asdict(self))
+        if not out["recipe"]:
+            del out["recipe"]
+        return out
 
     @property
     def run_id(self) -> str:
@@ -122,7 +129,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         if key not in TOP_KEYS:
             raise ConfigError(f"config {path}: unknown key '{key}'{_did_you_mean(key, TOP_KEYS)}; "
                               f"valid: {', '.join(TOP_KEYS)}")
-    for key in ("method_params", "dataset_params", "im_params"):
+    for key in ("method_params", "dataset_params", "im_params", "recipe"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ConfigError(f"config {path}: '{key}' must be a mapping, got {type(data[key]).__name__}")
     return data
@@ -145,13 +152,16 @@ def _coerce_number(value: Any, default: Any) -> Any:
     return value
 
 
-def check_params(kind: str, owner: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``given`` over ``defaults``, checking names and types.
+def check_params(kind: str, owner: str, given: dict[str, Any], defaults: dict[str, Any],
+                 constraints: dict[str, Constraint] | None = None) -> dict[str, Any]:
+    """Merge ``given`` over ``defaults``, checking names, types and constraints.
 
-    A value must have the default's type (an int is accepted for a float, a list for a list).
+    A value must have the default's type (an int is accepted for a float, a list for a list) and
+    satisfy the parameter's declared constraint (:mod:`eebench.params`).
 
     Raises:
-        ConfigError: an unknown name (with a "did you mean") or a value of the wrong type.
+        ConfigError: an unknown name (with a "did you mean"), a value of the wrong type, or one the
+            constraint rejects ("kind.key=value: must be in (0, inf)").
     """
     out = copy.deepcopy(defaults)
     for key, value in given.items():
@@ -167,7 +177,11 @@ def check_params(kind: str, owner: str, given: dict[str, Any], defaults: dict[st
         if not ok:
             raise ConfigError(f"{kind}.{key}={value!r}: expected {type(default).__name__} like the default "
                               f"{default!r}, got {type(value).__name__}")
-        out[key] = float(value) if isinstance(default, float) and isinstance(value, int) else value
+        value = float(value) if isinstance(default, float) and isinstance(value, int) else value
+        rule = (constraints or {}).get(key)
+        if rule is not None and not rule.ok(value):
+            raise ConfigError(f"{kind}.{key}={value!r}: must be {rule.describe()}")
+        out[key] = value
     return out
 
 
@@ -182,11 +196,11 @@ def resolve(method: str | None = None, dataset: str | None = None, backbone: str
     """
     from eebench.backbones import BACKBONES
     from eebench.data import DATASETS
-    from eebench.im_stage import IM_PARAMETERS
+    from eebench.im_stage import IM_CONSTRAINTS, IM_PARAMETERS
     from eebench.method import load_methods
 
     data = load_yaml(config_file) if config_file else {}
-    data = {"method_params": {}, "dataset_params": {}, "im_params": {},
+    data = {"method_params": {}, "dataset_params": {}, "im_params": {}, "recipe": {},
             **{k: v for k, v in data.items() if v is not None}}
     for key, value in (("method", method), ("dataset", dataset), ("backbone", backbone), ("seed", seed)):
         if value is not None:
@@ -196,24 +210,27 @@ def resolve(method: str | None = None, dataset: str | None = None, backbone: str
         head, _, rest = key.partition(".")
         if head in ("method", "dataset", "im") and rest:
             data[f"{head}_params"][rest] = value
+        elif head == "recipe" and rest:
+            data["recipe"][rest] = value
         elif key in ("method", "dataset", "backbone", "weights", "seed"):
             data[key] = value
         else:
             raise ConfigError(f"--set {key}: unknown key"
                               f"{_did_you_mean(key, ['method', 'dataset', 'backbone', 'weights', 'seed'])}; "
-                              f"use method.<param>, dataset.<param>, im.<param>, method, dataset, backbone, "
-                              f"weights or seed")
+                              f"use method.<param>, dataset.<param>, im.<param>, recipe.<key>, method, dataset, "
+                              f"backbone, weights or seed")
     if not data.get("method"):
         raise ConfigError("no method given: pass --method (see `eebench list methods`)")
-    if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool):
-        raise ConfigError(f"seed={data['seed']!r}: expected an int")
+    if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool) or data.get("seed", 0) < 0:
+        raise ConfigError(f"seed={data['seed']!r}: expected an integer >= 0")
     methods = load_methods()
     method_name = methods.canonical(str(data["method"]))
     dataset_name = DATASETS.canonical(str(data.get("dataset") or "digits"))
     spec = DATASETS.get(dataset_name)
     backbone_name = BACKBONES.canonical(str(data.get("backbone") or spec.default_backbone))
     m = methods.get(method_name)
-    dataset_params = check_params("dataset", dataset_name, data["dataset_params"], spec.default_parameters())
+    dataset_params = check_params("dataset", dataset_name, data["dataset_params"], spec.default_parameters(),
+                                  spec.constraints())
     if dataset_params.get("holdout") == "auto":
         dataset_params["holdout"] = resolve_holdout(backbone_name, dataset_name)
     weights = str(data.get("weights") or "auto")
@@ -223,12 +240,23 @@ def resolve(method: str | None = None, dataset: str | None = None, backbone: str
         from eebench.backbones import default_weights
 
         weights = default_weights(backbone_name, dataset_name)
+    if weights == "trained":
+        from eebench.backbone_training import RECIPE_CONSTRAINTS, default_recipe, full_recipe
+
+        recipe = full_recipe(check_params("recipe", backbone_name, data["recipe"],
+                                          default_recipe(backbone_name, dataset_name), RECIPE_CONSTRAINTS))
+    elif data["recipe"]:
+        raise ConfigError(f"recipe.* applies to trained weights only (weights={weights}): drop it or add "
+                          f"--set weights=trained")
+    else:
+        recipe = {}
     return RunConfig(
         method=method_name, dataset=dataset_name, backbone=backbone_name, seed=int(data.get("seed", 0)),
         weights=weights,
-        method_params=check_params("method", method_name, data["method_params"], m.parameters),
+        method_params=check_params("method", method_name, data["method_params"], m.parameters, m.constraints),
         dataset_params=dataset_params,
-        im_params=check_params("im", "stage", data["im_params"], IM_PARAMETERS))
+        im_params=check_params("im", "stage", data["im_params"], IM_PARAMETERS, IM_CONSTRAINTS),
+        recipe=recipe)
 
 
 def resolve_holdout(backbone: str, dataset: str) -> str:

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from eebench.errors import ConfigError, DataUnavailableError
+from eebench.params import FRACTION, NON_NEGATIVE, Constraint, OneOf
 from eebench.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ SPLIT_PARAMETERS: dict[str, Any] = {
     "holdout": "auto",      # where val and calib come from: train | test | auto (by backbone)
     "policy_fraction": 0.5,  # of val, where exit policies learn (0: they learn on train); the rest selects
 }
+SPLIT_CONSTRAINTS: dict[str, Constraint] = {"split_seed": NON_NEGATIVE, "val_fraction": FRACTION,
+                                            "calib_fraction": FRACTION, "test_fraction": FRACTION,
+                                            "holdout": OneOf(("auto", "train", "test")), "policy_fraction": FRACTION}
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class DatasetSpec:
         builder: for bundled/derived datasets, ``(data_dir, cache_dir) -> (DatasetDict, fingerprint)``;
             a builder that declares a ``params`` argument also gets the resolved dataset parameters.
         parameters: dataset-specific parameters and defaults, on top of :data:`SPLIT_PARAMETERS`.
+        parameter_constraints: what those allow (:mod:`eebench.params`).
+        bundled: the data ship with a dependency (``--data-dir`` does not apply).
     """
 
     name: str
@@ -76,9 +82,14 @@ class DatasetSpec:
     hub_config: str | None = None
     builder: Callable[..., tuple[datasets.DatasetDict, str]] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    parameter_constraints: dict[str, Constraint] = field(default_factory=dict)
+    bundled: bool = False
 
     def default_parameters(self) -> dict[str, Any]:
         return {**SPLIT_PARAMETERS, **self.parameters}
+
+    def constraints(self) -> dict[str, Constraint]:
+        return {**SPLIT_CONSTRAINTS, **self.parameter_constraints}
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -263,6 +274,21 @@ def policy_rows(n_val: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndar
     return np.sort(perm[:n_policy]), np.sort(perm[n_policy:])
 
 
+def check_schema(spec: DatasetSpec, source: datasets.DatasetDict) -> None:
+    """Every source split has the dataset's input and label columns.
+
+    Raises:
+        DataUnavailableError: a column is missing; the message names the expected and the found ones.
+    """
+    for split, ds in source.items():
+        missing = [c for c in (spec.image_column, spec.label_column) if c not in ds.column_names]
+        if missing:
+            raise DataUnavailableError(
+                f"the {split} split of '{spec.name}' has columns {ds.column_names}, expected {spec.image_column!r} "
+                f"(input) and {spec.label_column!r} (label) as in {spec.hub_id or 'its schema'}: replace the files "
+                f"with that dataset's")
+
+
 def load_splits(name: str, params: dict[str, Any] | None = None, data_dir: Path | None = None,
                 cache_dir: Path | None = None) -> DataSplits:
     """Load dataset ``name`` and carve its four splits.
@@ -279,6 +305,7 @@ def load_splits(name: str, params: dict[str, Any] | None = None, data_dir: Path 
     spec = DATASETS.get(name)
     params = {**spec.default_parameters(), **(params or {})}
     source, fingerprint = load_source(spec, data_dir, cache_dir, params)
+    check_schema(spec, source)
     n_test = len(source["test"]) if "test" in source else None
     indices = make_splits(len(source["train"]), n_test, params)
     return DataSplits(spec, source, indices, fingerprint, params)
@@ -327,7 +354,7 @@ def _build_digits(data_dir: Path | None = None, cache_dir: Path | None = None) -
 
 
 register_dataset(DatasetSpec(
-    name="digits", hub_id=None, num_classes=10, default_backbone="vit_digits", builder=_build_digits,
+    name="digits", hub_id=None, num_classes=10, default_backbone="vit_digits", builder=_build_digits, bundled=True,
     description="scikit-learn digits, 1,797 8x8 images, bundled (offline default)"))
 register_dataset(DatasetSpec(
     name="mnist", hub_id="ylecun/mnist", num_classes=10, default_backbone="t2t_vit_7",

@@ -49,6 +49,7 @@ import numpy as np
 from filelock import FileLock
 
 from eebench import paths
+from eebench.params import NON_NEGATIVE, Constraint, Range
 from eebench.data import DATASETS, DatasetSpec, _file_sha256, _load_mirror, load_source, register_dataset
 from eebench.errors import ConfigError, DataUnavailableError
 
@@ -62,6 +63,7 @@ LONG_TAIL_PARAMETERS: dict[str, Any] = {
     "lt_test": False,           # give the test split the same profile (JEI-DNN code) instead of keeping it balanced
     "lt_seed": 0,               # seed of the per-class permutation that picks the kept images
 }
+LONG_TAIL_CONSTRAINTS: dict[str, Constraint] = {"imbalance_factor": Range(1), "lt_seed": NON_NEGATIVE}
 _LONG_TAIL_VERSION = 1
 
 
@@ -288,5 +290,6 @@ for _name, _base, _backbone in (("cifar100-lt", "cifar100", "t2t_vit_14"), ("cif
         name=_name, hub_id=None, num_classes=_spec.num_classes, default_backbone=_backbone,
         image_column=_spec.image_column, label_column=_spec.label_column,
         builder=_long_tail_builder(_name, _base), parameters=dict(LONG_TAIL_PARAMETERS),
+        parameter_constraints=dict(LONG_TAIL_CONSTRAINTS),
         description=f"{_base} with a long-tailed train split (exponential profile, imbalance 100; "
                     f"derived from {_spec.hub_id})"))

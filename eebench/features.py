@@ -5,7 +5,8 @@ the backbone's own logits (exit K, ``[N, C]``) and the labels, as one safetensor
 split under ``<cache>/features/<key>/``. The key is a content hash of the backbone weights, the
 data (source fingerprint and split indices), the preprocessing and the exit design, so a stale
 cache cannot be read. An entry is written into a temporary folder and renamed into place, so a
-killed build leaves nothing that looks complete.
+killed build leaves nothing that looks complete; every tensor carries a content hash, checked on
+each load (:mod:`eebench.integrity`), so a corrupted file is reported, not trained on.
 """
 from __future__ import annotations
 
@@ -21,15 +22,15 @@ from typing import Any, Callable
 
 import torch
 from filelock import FileLock
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from eebench.errors import CorruptCacheError
+from eebench.integrity import load_verified, save_hashed
 
 log = logging.getLogger(__name__)
 
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2   # 2: every tensor carries a content hash (eebench.integrity)
 
 
 @dataclass
@@ -121,11 +122,11 @@ def extract(adapter: Any, dataset: Dataset, batch_size: int = 256, num_workers: 
 def _save(split: SplitFeatures, path: Path) -> None:
     tensors = {f"im_input_{k + 1}": x.contiguous() for k, x in enumerate(split.stacked.split(split.dims, 1))}
     tensors.update(logits=split.logits.contiguous(), labels=split.labels.contiguous())
-    save_file(tensors, str(path))
+    save_hashed(tensors, path)
 
 
 def _load(path: Path, num_exits: int) -> SplitFeatures:
-    t = load_file(str(path))
+    t, _ = load_verified(path)
     im_inputs = [t[f"im_input_{k}"] for k in range(1, num_exits)]
     split = SplitFeatures(im_inputs, t["logits"].float(), t["labels"].long())
     if any(x.shape[0] != split.n for x in im_inputs) or split.logits.shape[0] != split.n:

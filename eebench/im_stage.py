@@ -22,17 +22,18 @@ from typing import Any, Callable
 
 import torch
 from filelock import FileLock
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
 from torch import nn
 
 from eebench.errors import CorruptCacheError
 from eebench.features import SplitFeatures
-from eebench.training import ProgressFactory, SGDSchedule, no_progress, train_ims
+from eebench.integrity import load_verified, save_hashed
+from eebench.params import AT_LEAST_ONE, Constraint
+from eebench.training import SGD_CONSTRAINTS, ProgressFactory, SGDSchedule, no_progress, train_ims
 
 log = logging.getLogger(__name__)
 
-IM_STAGE_VERSION = 1
+IM_STAGE_VERSION = 2   # 2: tensors carry content hashes
 
 #: The recipe of the shared IM stage (``--set im.KEY=VALUE``): JEI-DNN's SGD (``methods.md`` §6)
 #: at batch 256 with the learning rate scaled linearly from its 0.01 at batch 64.
@@ -45,6 +46,7 @@ IM_PARAMETERS: dict[str, Any] = {
     "epochs": 20,       # at most; also the IM epochs of methods that train their own IMs
     "patience": 5,      # stop once no IM's val error has improved for this many epochs
 }
+IM_CONSTRAINTS: dict[str, Constraint] = {**SGD_CONSTRAINTS, "patience": AT_LEAST_ONE}
 
 
 def im_schedule(params: dict[str, Any]) -> SGDSchedule:
@@ -106,11 +108,10 @@ class IMStage:
         with self.progress("IM stage", schedule.epochs) as bar:
             meta = train_ims(ims, self.train, schedule, torch.Generator().manual_seed(self.seed), "IM stage",
                              progress=bar, select_on=self.val, patience=int(self.params["patience"]))
-        tensors = {k: v.contiguous() for k, v in ims.state_dict().items()}
         fd, tmp = tempfile.mkstemp(prefix=f".{self.key}.", suffix=".tmp", dir=self.folder)
         os.close(fd)
         try:
-            save_file(tensors, tmp, metadata={"eebench_im_stage": json.dumps(meta)})
+            save_hashed(ims.state_dict(), tmp, metadata={"eebench_im_stage": json.dumps(meta)})
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -122,9 +123,8 @@ class IMStage:
 
     def _load(self) -> nn.ModuleList:
         try:
-            tensors = load_file(str(self.path))
-            with safe_open(str(self.path), "pt") as f:
-                meta = json.loads(f.metadata()["eebench_im_stage"])
+            tensors, metadata = load_verified(self.path)
+            meta = json.loads(metadata["eebench_im_stage"])
             ims = self.make_ims()
             ims.load_state_dict(tensors)
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:

@@ -20,6 +20,7 @@ from torch import nn
 
 from eebench.costs import CostProfile
 from eebench.features import SplitFeatures
+from eebench.params import Constraint
 from eebench.registry import Registry
 from eebench.training import ProgressFactory, SGDSchedule, no_progress
 
@@ -107,6 +108,8 @@ class ExitMethod:
         name: CLI name (``--method``).
         paper: the source, e.g. "Regol et al., ICLR 2024".
         parameters: every parameter with its default; ``--set method.KEY=VALUE`` overrides.
+        constraints: beside them, what each parameter allows (:mod:`eebench.params`), checked with
+            the whole configuration before anything runs.
         grid: parameters a sweep expands, name → list of values.
         test_parameters: overrides for a tiny configuration (CI, smoke grids).
     """
@@ -115,6 +118,7 @@ class ExitMethod:
     paper: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
     parameters: ClassVar[dict[str, Any]] = {}
+    constraints: ClassVar[dict[str, Constraint]] = {}
     grid: ClassVar[dict[str, list[Any]]] = {}
     test_parameters: ClassVar[dict[str, Any]] = {}
 

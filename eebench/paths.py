@@ -10,15 +10,45 @@ Environment variables (each overridden by the matching CLI option):
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
+
+from eebench.errors import UsageError
+
+
+def writable_dir(path: str | os.PathLike, what: str, create: bool = False) -> Path:
+    """Check that this process can write into folder ``path`` (or create it: its nearest existing
+    ancestor must be a writable folder), creating it only with ``create``.
+
+    Raises:
+        UsageError: it (or an ancestor) is a file, or it cannot be written (a read-only mount, no
+            permission), naming ``what`` (e.g. "--out") and what to do.
+    """
+    path = Path(path).expanduser()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{what} {path}: {probe} is a file, not a folder; pass a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{what} {path} is not writable ({e.strerror or type(e).__name__}): pass a folder you can "
+                         f"write to") from None
+    return path
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """The cache root: ``override``, else ``$EEBENCH_CACHE_DIR``, else ``~/.cache/eebench``."""
+    """The cache root: ``override``, else ``$EEBENCH_CACHE_DIR``, else ``~/.cache/eebench``.
+
+    Raises:
+        UsageError: it is a file or not writable.
+    """
     root = override or os.environ.get("EEBENCH_CACHE_DIR") or Path.home() / ".cache" / "eebench"
-    path = Path(root).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return writable_dir(root, "the cache folder (--cache-dir / EEBENCH_CACHE_DIR)", create=True)
 
 
 def data_dir(override: str | os.PathLike | None = None) -> Path | None:

@@ -103,6 +103,8 @@ def _param_name(column: str) -> str:
         return column.removeprefix("p_method_")
     if column.startswith("p_im_"):
         return "im." + column.removeprefix("p_im_")
+    if column.startswith("p_recipe_"):
+        return "recipe." + column.removeprefix("p_recipe_")
     return "dataset." + column.removeprefix("p_dataset_")
 
 
@@ -112,7 +114,7 @@ def variant_names(df: pd.DataFrame) -> pd.Series:
 
     Runs differing only in ``seed`` are seeds of one variant.
     """
-    params = [c for c in df.columns if c.startswith(("p_method_", "p_dataset_", "p_im_"))]
+    params = [c for c in df.columns if c.startswith(("p_method_", "p_dataset_", "p_im_", "p_recipe_"))]
     out = pd.Series(df["method"].astype(str).to_numpy(), index=df.index, dtype=object)
     for _, g in df.groupby(["dataset", "backbone", "method"], sort=True):
         runs = g.drop_duplicates("run_id")

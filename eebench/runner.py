@@ -67,7 +67,8 @@ class Timer:
 
 
 def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any], options: RunOptions,
-                     timer: Timer | None = None, weights: str = "auto") -> Prepared:
+                     timer: Timer | None = None, weights: str = "auto", recipe: dict[str, Any] | None = None
+                     ) -> Prepared:
     """Load the data and the frozen backbone; reuse or build the feature cache and the cost profile.
 
     Raises:
@@ -80,7 +81,8 @@ def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any]
         splits = load_splits(dataset, dataset_params, paths.data_dir(options.data_dir), cache_root)
     with timer.stage("backbone"):
         spec = BACKBONES.get(backbone)
-        model, source = load_backbone(backbone, splits, paths.weights_dir(options.weights_dir), cache_root, weights)
+        model, source = load_backbone(backbone, splits, paths.weights_dir(options.weights_dir), cache_root, weights,
+                                      recipe)
         adapter = spec.adapter(model)
         weights_sha = state_dict_sha256(model)
     key = feature_key(weights=weights_sha, data=splits.key(), preprocessing=spec.pipeline.describe(model),
@@ -147,7 +149,8 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
     timer = Timer()
     t_start = time.perf_counter()
     method = load_methods().get(config.method)
-    prep = prepare_features(config.dataset, config.backbone, config.dataset_params, options, timer, config.weights)
+    prep = prepare_features(config.dataset, config.backbone, config.dataset_params, options, timer, config.weights,
+                            config.recipe)
     f, C = prep.features, prep.splits.spec.num_classes
     policy, val, split_info = carve_policy(f["train"], f["val"], prep.splits.indices["val"], config.dataset_params)
     stage = IMStage(paths.cache_dir(options.cache_dir), prep.key,

@@ -313,14 +313,19 @@ class FeatureStage:
     backbone: str
     dataset_params: tuple[tuple[str, Any], ...]
     weights: str = "auto"
+    recipe_json: str = "{}"
 
     @staticmethod
     def of(config: RunConfig) -> "FeatureStage":
         params = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in config.dataset_params.items()))
-        return FeatureStage(config.dataset, config.backbone, params, getattr(config, "weights", "auto"))
+        return FeatureStage(config.dataset, config.backbone, params, getattr(config, "weights", "auto"),
+                            json.dumps(getattr(config, "recipe", {}), sort_keys=True))
 
     def params(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.dataset_params}
+
+    def recipe(self) -> dict[str, Any]:
+        return json.loads(self.recipe_json)
 
     def __str__(self) -> str:
         return f"{self.dataset}/{self.backbone}"
@@ -374,7 +379,7 @@ class FeatureTask(Checkpointable):
 
         log.info("features of %s %s", stage, stage.params())
         prep = prepare_features(stage.dataset, stage.backbone, stage.params(), _run_options(self.options),
-                                weights=stage.weights)
+                                weights=stage.weights, recipe=stage.recipe())
         return {"key": prep.key, "reused": prep.reused}
 
 

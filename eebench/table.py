@@ -140,6 +140,7 @@ def record_rows(record: dict[str, Any], path: Path | str = "record") -> list[dic
             **{f"p_method_{k}": v for k, v in sorted(cfg.get("method_params", {}).items())},
             **{f"p_dataset_{k}": v for k, v in sorted(cfg.get("dataset_params", {}).items())},
             **{f"p_im_{k}": v for k, v in sorted(cfg.get("im_params", {}).items())},
+            **{f"p_recipe_{k}": v for k, v in sorted(cfg.get("recipe", {}).items())},
         }
         rows = []
         for i, p in enumerate(record["operating_points"]):

@@ -15,11 +15,14 @@ from torch import nn
 
 from eebench.errors import NonFiniteLossError
 from eebench.features import SplitFeatures
+from eebench.params import AT_LEAST_ONE, MOMENTUM, NON_NEGATIVE, POSITIVE, Constraint
 
 #: The optimiser settings of JEI-DNN (``methods.md`` §6), from which the joint phases of JEI-DNN
 #: and differentiable branching start.
 SGD_DEFAULTS: dict[str, Any] = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "lr_min": 2e-4,
                                 "batch_size": 64, "epochs": 15}
+SGD_CONSTRAINTS: dict[str, Constraint] = {"lr": POSITIVE, "momentum": MOMENTUM, "weight_decay": NON_NEGATIVE,
+                                          "lr_min": NON_NEGATIVE, "batch_size": AT_LEAST_ONE, "epochs": AT_LEAST_ONE}
 
 
 @dataclass

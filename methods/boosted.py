@@ -33,6 +33,7 @@ from eebench.errors import ConfigError
 from eebench.exit_policy import Q_GRID, ThresholdPolicy
 from eebench.features import SplitFeatures
 from eebench.method import ExitMethod, ExitTask, register_method
+from eebench.params import NON_NEGATIVE, POSITIVE, Each, OneOf
 from eebench.training import SGDSchedule, all_exit_logits, eval_mode, train_ims
 
 FINAL_EXITS = ("ensemble", "backbone")
@@ -119,13 +120,12 @@ class Boosted(ExitMethod):
     aliases = ("boostednet", "boosted-net")
     paper = "Yu et al., AAAI 2023 (Boosted Dynamic Neural Networks)"
     parameters: dict[str, Any] = {"gamma": 0.5, "final_exit": "ensemble", "q_grid": Q_GRID}
+    constraints = {"gamma": NON_NEGATIVE, "final_exit": OneOf(FINAL_EXITS), "q_grid": Each(POSITIVE)}
     grid = {"gamma": [0.25, 0.5, 0.75, 1.0]}
     test_parameters: dict[str, Any] = {}
 
     def fit(self, task: ExitTask, params: dict[str, Any], seed: int) -> ThresholdPolicy:
         gamma, final_exit = float(params["gamma"]), params["final_exit"]
-        if final_exit not in FINAL_EXITS:
-            raise ConfigError(f"method.final_exit={final_exit!r}: expected one of {', '.join(FINAL_EXITS)}")
         torch.manual_seed(seed)
         ims = task.make_ims()
         with task.progress("boosted", task.im_schedule.epochs) as bar:

@@ -41,7 +41,8 @@ from torch import nn
 from eebench.costs import module_muladds
 from eebench.features import SplitFeatures
 from eebench.method import ExitMethod, ExitTask, FittedMethod, OperatingPoint, register_method
-from eebench.training import (SGDSchedule, StackedIMs, check_finite, cycle_minibatches, eval_mode, im_logits,
+from eebench.params import NON_NEGATIVE, OPEN_UNIT, POSITIVE, Each, Range
+from eebench.training import (SGD_CONSTRAINTS, SGDSchedule, StackedIMs, check_finite, cycle_minibatches, eval_mode, im_logits,
                               minibatches, per_exit_ce)
 
 #: Quantile levels of the break-even prices the default β grid spans.
@@ -208,6 +209,8 @@ class DiffBranch(ExitMethod):
         "gate_init": 0.02,        # every gate's starting λ ("continue")
         "gate_lr": 0.4,           # of the gate units: 10 x lr, the ratio of JEI-DNN's gate_lr
     }
+    constraints = {**SGD_CONSTRAINTS, "min_steps": NON_NEGATIVE, "betas": Each(POSITIVE, min_len=0),
+                   "num_betas": Range(2), "gate_init": OPEN_UNIT, "gate_lr": POSITIVE}
     grid = {"num_betas": [16, 32]}
     test_parameters = {"num_betas": 4}
 

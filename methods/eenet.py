@@ -50,6 +50,7 @@ from eebench.errors import ConfigError
 from eebench.exit_policy import apply_thresholds, thresholds_from_counts
 from eebench.features import SplitFeatures
 from eebench.method import ExitMethod, ExitTask, FittedMethod, OperatingPoint, register_method
+from eebench.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Each
 from eebench.training import check_finite, exit_probs, minibatches
 
 ALPHA_CE = [0.1, 1.0]
@@ -277,6 +278,10 @@ class EENet(ExitMethod):
         "scorer_weight_decay": 1e-4,
         "scorer_batch_size": 512,
     }
+    constraints = {"budgets": Each(POSITIVE, min_len=0), "num_budgets": AT_LEAST_ONE,
+                   "alpha_ce": Each(NON_NEGATIVE), "alpha_cost": Each(NON_NEGATIVE), "budget_tolerance": NON_NEGATIVE,
+                   "scorer_hidden": AT_LEAST_ONE, "scorer_steps": AT_LEAST_ONE, "scorer_lr": POSITIVE,
+                   "scorer_weight_decay": NON_NEGATIVE, "scorer_batch_size": AT_LEAST_ONE}
     grid = {"alpha_ce": [[a] for a in ALPHA_CE], "alpha_cost": [[a] for a in ALPHA_COST]}
     test_parameters = {"num_budgets": 3, "alpha_ce": [1.0], "alpha_cost": [10.0], "scorer_steps": 300}
 
@@ -287,8 +292,6 @@ class EENet(ExitMethod):
         budgets = feasible_budgets(params["budgets"] or auto_budgets(float(costs[0]), int(params["num_budgets"])),
                                    costs)
         alphas = [(float(a), float(b)) for a in params["alpha_ce"] for b in params["alpha_cost"]]
-        if not alphas:
-            raise ConfigError("method.alpha_ce and method.alpha_cost need at least one value each")
         settings = [(B, a_ce, a_cost) for B in budgets for a_ce, a_cost in alphas]
         ims = task.trained_ims()
         policy_p, val_p = exit_probs(ims, task.policy), exit_probs(ims, task.val)

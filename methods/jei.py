@@ -39,8 +39,9 @@ from torch import nn
 from eebench.costs import module_muladds
 from eebench.features import SplitFeatures
 from eebench.method import ExitMethod, ExitTask, FittedMethod, OperatingPoint, register_method
-from eebench.training import (SGD_DEFAULTS, SGDSchedule, all_exit_logits, check_finite, cycle_minibatches, eval_mode,
-                              im_logits, minibatches, per_exit_ce)
+from eebench.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Each, OneOf
+from eebench.training import (SGD_CONSTRAINTS, SGD_DEFAULTS, SGDSchedule, StackedIMs, check_finite, cycle_minibatches,
+                              eval_mode, im_logits, minibatches, per_exit_ce)
 
 #: methods.md's grid (0.01 … 5) extended at both ends, so that every setting has points near cost 1 and
 #: near its first exit's cost (docs/decisions.md).
@@ -51,10 +52,10 @@ def gate_features(logits: torch.Tensor) -> torch.Tensor:
     """The gate's four statistics of an IM's output (JEI-DNN §5, "gate design").
 
     Args:
-        logits: ``[B, C]`` IM logits z_l.
+        logits: ``[..., C]`` IM logits z_l.
 
     Returns:
-        ``[B, 4]``: max p, entropy H(p) (nats), margin p_(1) − p_(2), and the entropy of
+        ``[..., 4]``: max p, entropy H(p) (nats), margin p_(1) − p_(2), and the entropy of
         softmax(2 z) (temperature 0.5), with p = softmax(z).
     """
     p = logits.softmax(-1)
@@ -62,7 +63,7 @@ def gate_features(logits: torch.Tensor) -> torch.Tensor:
     entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)
     p_sharp = (2.0 * logits).softmax(-1)
     entropy_sharp = -(p_sharp * p_sharp.clamp_min(1e-12).log()).sum(-1)
-    return torch.stack([top2[:, 0], entropy, top2[:, 0] - top2[:, 1], entropy_sharp], dim=-1)
+    return torch.stack([top2[..., 0], entropy, top2[..., 0] - top2[..., 1], entropy_sharp], dim=-1)
 
 
 def exit_distribution(g: torch.Tensor) -> torch.Tensor:
@@ -126,35 +127,50 @@ class JEIGates(nn.Module):
         self.weight = nn.Parameter(one.weight.detach().expand(models, -1, -1).clone())   # [M, K−1, 4]
         self.bias = nn.Parameter(one.bias.detach().expand(models, -1).clone())           # [M, K−1]
 
-    def forward(self, logits: list[torch.Tensor]) -> torch.Tensor:
-        """K−1 IM logits ``[B, C]`` → gate logits ``[M, B, K−1]`` (sigmoid gives g)."""
-        feats = torch.stack([gate_features(z.detach()) for z in logits], 1)           # [B, K−1, 4]
-        return torch.einsum("blf,mlf->mbl", feats, self.weight) + self.bias[:, None]
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """IM logits ``[M or 1, B, K−1, C]`` (one set per model, or one set for all) → gate logits
+        ``[M, B, K−1]`` (sigmoid gives g)."""
+        feats = gate_features(logits.detach())                                          # [M or 1, B, K−1, 4]
+        return torch.einsum("mblf,mlf->mbl", feats.expand(self.weight.shape[0], -1, -1, -1), self.weight) \
+            + self.bias[:, None]
 
     def muladds(self) -> list[int]:
         """Mul-Adds of gate l < K, an ``nn.Linear(4, 1)`` (its input statistics are not counted)."""
         return [module_muladds(nn.Linear(4, 1), torch.zeros(1, 4))] * self.weight.shape[1]
 
 
-class JEIFitted(FittedMethod):
-    """Per group of λ sharing IMs: the IMs and the gates of each λ; one operating point per λ."""
+def im_outputs(ims: nn.ModuleList | StackedIMs, split: SplitFeatures, idx: torch.Tensor | slice = slice(None)
+               ) -> torch.Tensor:
+    """The IMs' logits on rows ``idx``: ``[1, B, K−1, C]`` for one set of IMs shared by every λ,
+    ``[M, B, K−1, C]`` for one set per λ."""
+    if isinstance(ims, StackedIMs):
+        return ims(split.rows(idx))
+    return torch.stack(im_logits(ims, split, idx), 1)[None]
 
-    def __init__(self, groups: list[tuple[list[float], nn.ModuleList, JEIGates]], gate_muladds: list[int]):
-        self.groups, self.gate_muladds = groups, gate_muladds
+
+def exit_ce(z: torch.Tensor, split: SplitFeatures, idx: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+    """ℓ_l of every exit: IM logits ``[M, B, K−1, C]`` and the frozen classifier → ``[M, B, K]``."""
+    final = split.logits[idx].expand(z.shape[0], -1, -1)[:, :, None]
+    logits = torch.cat([z, final], 2)
+    M, B, K, C = logits.shape
+    return per_exit_ce(logits.reshape(M * B, K, C), split.labels[idx].repeat(M)).view(M, B, K)
+
+
+class JEIFitted(FittedMethod):
+    """The IMs (shared by every λ, or one set per λ) and the gates of each λ; one operating point per λ."""
+
+    def __init__(self, lams: list[float], ims: nn.ModuleList | StackedIMs, gates: JEIGates, gate_muladds: list[int]):
+        self.lams, self.ims, self.gates, self.gate_muladds = lams, ims, gates, gate_muladds
 
     @torch.no_grad()
     def predict(self, split: SplitFeatures) -> list[OperatingPoint]:
-        points = []
-        for lams, ims, gates in self.groups:
-            with eval_mode(ims):
-                logits = all_exit_logits(ims, split)
-            g = torch.sigmoid(gates(list(logits[:, :-1].unbind(1))))                   # [M, N, K−1]
-            probs = logits.softmax(-1)
-            for lam, g_lam in zip(lams, g):
-                exits = exit_decision(exit_distribution(g_lam))
-                points.append(OperatingPoint({"lambda": lam}, exits.numpy(), probs, self.gate_muladds))
-        order = {lam: i for i, lam in enumerate(lam for lams, _, _ in self.groups for lam in lams)}
-        return sorted(points, key=lambda p: order[p.setting["lambda"]])
+        with eval_mode([self.ims]):
+            z = im_outputs(self.ims, split)                                               # [M or 1, N, K−1, C]
+        g = torch.sigmoid(self.gates(z))                                                  # [M, N, K−1]
+        probs = torch.cat([z, split.logits.expand(z.shape[0], -1, -1)[:, :, None]], 2).softmax(-1)
+        return [OperatingPoint({"lambda": lam}, exit_decision(exit_distribution(g[m])).numpy(),
+                               probs[m if probs.shape[0] > 1 else 0], self.gate_muladds)
+                for m, lam in enumerate(self.lams)]
 
 
 @register_method
@@ -170,49 +186,45 @@ class JEI(ExitMethod):
         "pos_weight_cap": 1.0,     # methods.md: 5 (docs/decisions.md)
         "gate_lr": 0.1,            # methods.md: the IMs' lr, 0.01 (docs/decisions.md)
     }
+    constraints = {**SGD_CONSTRAINTS, "lambdas": Each(NON_NEGATIVE), "im_loss": OneOf(("weighted", "uniform")),
+                   "alternate_every": AT_LEAST_ONE, "pos_weight_cap": POSITIVE, "gate_lr": POSITIVE}
     grid = {"im_loss": ["weighted", "uniform"], "pos_weight_cap": [1.0, 5.0]}
     test_parameters = {"epochs": 4, "lambdas": [0.1, 1.0]}
 
     def fit(self, task: ExitTask, params: dict[str, Any], seed: int) -> JEIFitted:
-        if params["im_loss"] not in ("weighted", "uniform"):
-            raise ValueError(f"im_loss must be 'weighted' or 'uniform', got {params['im_loss']!r}")
         K = task.num_exits
         lams = [float(lam) for lam in params["lambdas"]]
         gate_muladds = JEIGates(K).muladds()
         costs = torch.as_tensor(task.costs.exit_costs(gate_muladds), dtype=torch.float32)
         schedule = SGDSchedule.from_params(params)
-        shared = params["im_loss"] == "uniform"
-        groups = [lams] if shared else [[lam] for lam in lams]
         start = task.trained_ims()
-        fitted = []
-        with task.progress("jei", len(groups) * schedule.epochs) as bar:
-            for group in groups:
-                torch.manual_seed(seed)
-                ims, gates = copy.deepcopy(start), JEIGates(K, len(group))
-                self._train_joint(ims, gates, task, group, costs, params, schedule,
-                                  torch.Generator().manual_seed(seed), bar)
-                fitted.append((group, ims, gates))
-        return JEIFitted(fitted, gate_muladds)
+        torch.manual_seed(seed)
+        # uniform: the IM loss depends on neither λ nor the gates, one IM trajectory serves every λ
+        ims = copy.deepcopy(start) if params["im_loss"] == "uniform" else StackedIMs(start, len(lams))
+        gates = JEIGates(K, len(lams))
+        with task.progress("jei", schedule.epochs) as bar:
+            self._train_joint(ims, gates, task, lams, costs, params, schedule, torch.Generator().manual_seed(seed), bar)
+        return JEIFitted(lams, ims, gates, gate_muladds)
 
     @staticmethod
     @torch.no_grad()
-    def _pos_weights(ims: nn.ModuleList, val: SplitFeatures, lams: list[float], costs: torch.Tensor,
+    def _pos_weights(ims: nn.ModuleList | StackedIMs, val: SplitFeatures, lams: list[float], costs: torch.Tensor,
                      cap: float) -> torch.Tensor:
         """min(#neg / #pos, cap) of the gate targets on ``val`` (pooled over gates), per λ: ``[M]``."""
-        with eval_mode(ims):
-            ce = per_exit_ce(all_exit_logits(ims, val), val.labels)
+        with eval_mode([ims]):
+            ce = exit_ce(im_outputs(ims, val), val)
         out = []
-        for lam in lams:
-            t = gate_targets(ce, costs, lam)
+        for m, lam in enumerate(lams):
+            t = gate_targets(ce[m if ce.shape[0] > 1 else 0], costs, lam)
             pos = float(t.sum())
             out.append(cap if pos == 0 else min((t.numel() - pos) / pos, cap))
         return torch.tensor(out)
 
-    def _train_joint(self, ims: nn.ModuleList, gates: JEIGates, task: ExitTask, lams: list[float],
+    def _train_joint(self, ims: nn.ModuleList | StackedIMs, gates: JEIGates, task: ExitTask, lams: list[float],
                      costs: torch.Tensor, params: dict[str, Any], schedule: SGDSchedule, gen: torch.Generator,
                      bar: Any) -> None:
-        """The alternating phases for the λ of ``lams``, whose gates train side by side on shared IMs
-        (several λ only with ``im_loss: uniform``)."""
+        """The alternating phases, the gates of every λ side by side (the IMs shared under ``uniform``,
+        one set per λ under ``weighted``: each λ's updates are those of a run of its own)."""
         train, policy = task.train, task.policy
         total = schedule.epochs * schedule.steps_per_epoch(train.n)
         every = params["alternate_every"]
@@ -223,7 +235,6 @@ class JEI(ExitMethod):
                                             lr_min=min(schedule.lr_min, float(params["gate_lr"])))
         opt_gate, sched_gate = gate_schedule.build(gates.parameters(), gate_steps)
         policy_batches = cycle_minibatches(policy.n, schedule.batch_size, gen)
-        lam_t = torch.tensor(lams)
         step = 0
         for epoch in range(schedule.epochs):
             pos_weight = self._pos_weights(ims, task.val, lams, costs, params["pos_weight_cap"])[:, None, None]
@@ -232,24 +243,24 @@ class JEI(ExitMethod):
                 if (step // every) % 2 == 0:           # gate phase, on the policy split
                     pidx = next(policy_batches)
                     with torch.no_grad():
-                        z = im_logits(ims, policy, pidx)
-                        ce = per_exit_ce(torch.stack([*z, policy.logits[pidx]], 1), policy.labels[pidx])
-                    targets = torch.stack([gate_targets(ce, costs, float(lam)) for lam in lam_t])  # [M, B, K−1]
+                        z = im_outputs(ims, policy, pidx)
+                        ce = exit_ce(z, policy, pidx)
+                    targets = torch.stack([gate_targets(ce[m if ce.shape[0] > 1 else 0], costs, lam)
+                                           for m, lam in enumerate(lams)])                   # [M, B, K−1]
                     loss = F.binary_cross_entropy_with_logits(gates(z), targets, pos_weight=pos_weight,
                                                               reduction="none").mean((1, 2)).sum()
                     opt, sched = opt_gate, sched_gate
                 else:                                  # IM phase, on train
-                    y = train.labels[idx]
-                    z = im_logits(ims, train, idx)
-                    ce = torch.stack([F.cross_entropy(zl, y, reduction="none") for zl in z], 1)  # [B, K-1]
+                    z = im_outputs(ims, train, idx)
+                    ce = exit_ce(z, train, idx)[..., :-1]                                     # [M or 1, B, K−1]
                     if params["im_loss"] == "weighted":
                         with torch.no_grad():
-                            P = exit_distribution(torch.sigmoid(gates(z)[0]))
-                        loss = (P[:, :-1] * ce).sum(1).mean()
+                            P = exit_distribution(torch.sigmoid(gates(z)))[..., :-1]
+                        loss = (P * ce).sum(-1).mean(-1).sum()
                     else:
                         loss = ce.mean()
                     opt, sched = opt_im, sched_im
-                check_finite(loss, f"jei (lambda={lams if len(lams) > 1 else lams[0]}), epoch {epoch + 1}")
+                check_finite(loss, f"jei (lambdas={lams}), epoch {epoch + 1}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -53,6 +53,7 @@ from torch.func import functional_call
 from eebench.exit_policy import Q_GRID, ThresholdPolicy, apply_thresholds, msdnet_thresholds
 from eebench.features import SplitFeatures
 from eebench.method import ExitMethod, ExitTask, register_method
+from eebench.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Each, Range
 from eebench.training import BestState, IMStack, check_finite, exit_probs, im_val_error, minibatches, per_exit_ce
 
 
@@ -235,6 +236,9 @@ class L2W(ExitMethod):
         "meta_interval": 1,        # mini-batches between WPN updates
         "q_grid": Q_GRID,          # test-time budget levels of the threshold search
     }
+    constraints = {"batch_size": Range(2), "epsilon": NON_NEGATIVE, "q": POSITIVE, "meta_lr": POSITIVE,
+                   "meta_weight_decay": NON_NEGATIVE, "wpn_hidden": AT_LEAST_ONE, "meta_interval": AT_LEAST_ONE,
+                   "q_grid": Each(POSITIVE)}
     grid = {"epsilon": [0.4, 0.8, 1.2], "q": [0.5, 0.75, 1.0], "meta_lr": [1e-4, 1e-3]}
     test_parameters = {"batch_size": 128}
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from eebench.exit_policy import Q_GRID, ThresholdPolicy
 from eebench.method import ExitMethod, ExitTask, register_method
+from eebench.params import POSITIVE, Each
 from eebench.training import exit_probs
 
 
@@ -20,6 +21,7 @@ class Threshold(ExitMethod):
     aliases = ("msdnet", "confidence")
     paper = "Huang et al., ICLR 2018 (MSDNet)"
     parameters: dict[str, Any] = {"q_grid": Q_GRID}
+    constraints = {"q_grid": Each(POSITIVE)}
     grid: dict[str, list[Any]] = {}
     test_parameters: dict[str, Any] = {}
 

@@ -11,6 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 DATA_DIR = SHARED / "data"
+EXPERIMENTS = ROOT / "experiments"
+SMOKE = EXPERIMENTS / "smoke.yaml"
 WEIGHTS_DIR = SHARED / "weights"
 
 needs_shared = pytest.mark.skipif(not (DATA_DIR / "cifar10" / "test.parquet").exists(),
@@ -46,3 +48,20 @@ def read_record(out_dir: Path) -> dict:
     records = list(Path(out_dir).glob("*/record.json"))
     assert len(records) == 1, records
     return json.loads(records[0].read_text())
+
+
+def check_record(record: dict) -> None:
+    """A real run record of the digits ViT: its numbers, not just its presence."""
+    assert record["config"]["dataset"] == "digits" and record["backbone"]["num_exits"] == 6
+    assert record["backbone_accuracy"] >= 0.90                  # the ViT trained on first use
+    points = record["operating_points"]
+    method_params = record["config"]["method_params"]
+    assert len(points) == (len(method_params["q_grid"]) if record["config"]["method"] == "threshold" else 2)
+    for p in points:
+        assert 0.0 < p["cost"] < 1.5 and 0.0 <= p["accuracy"] <= 1.0
+        assert abs(sum(p["exit_shares"]) - 1) < 1e-9
+    best = max(p["accuracy"] for p in points)
+    if record["config"]["method"] == "threshold":   # the dearest budget keeps the backbone's accuracy
+        assert best >= record["backbone_accuracy"] - 0.02
+    else:   # JEI in its test_parameters: far above chance (0.10); a dearer λ never costs less
+        assert best >= 0.70 and points[0]["cost"] >= points[1]["cost"]

@@ -30,7 +30,7 @@ def _curve(record: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p["cost"] for p in points]), np.array([p["accuracy"] for p in points])
 
 
-@pytest.mark.parametrize("method", ["boosted", "l2w"])
+@pytest.mark.parametrize("method", ["boosted", pytest.param("l2w", marks=pytest.mark.slow)])
 def test_threshold_methods_trace_a_budget_curve(cli, tmp_path, method):
     record = _run(cli, tmp_path, method)
     points = record["operating_points"]

@@ -72,6 +72,7 @@ def test_run_id_is_stable_and_config_resolves(tmp_path):
 
 
 @needs_shared
+@pytest.mark.slow
 def test_cifar10_resnet20_published_weights(cli, tmp_path):
     """Real CIFAR-10 (JPEG mirror) through the published ResNet-20 checkpoint and its filter."""
     status, out, err = cli("run", "--method", "threshold", "--dataset", "cifar10", "--backbone", "cifar_resnet20",

@@ -66,7 +66,13 @@ def test_svhn_chain_end_to_end(cli, tmp_path):
     assert trained["head.weight"].shape == (10, 256) and trained["pos_embed"].shape == (1, 5, 256)
     assert not torch.equal(trained["blocks.0.attn.qkv.weight"], ema["blocks.0.attn.qkv.weight"])
 
-    status, out, err = cli("run", "--method", "jei", "--dataset", "svhn", *common, "--num-workers", "0", "--set", "method.epochs=1",
+    # the recipe is part of the run: without it the default recipe's weights are asked for, and there are none
+    status, _, err = cli("run", "--method", "jei", "--dataset", "svhn", *common, "--out", tmp_path / "o0")
+    assert status == 2 and "trained here with: --set recipe.batch_size=16 --set recipe.epochs=1" in err
+    recipe = ["--set", "recipe.init=pretrained", "--set", "recipe.epochs=1", "--set", "recipe.batch_size=16",
+              "--set", "recipe.num_workers=0", "--set", "recipe.input_cfg={input_size: [3, 32, 32], crop_pct: 1.0}"]
+    status, out, err = cli("run", "--method", "jei", "--dataset", "svhn", *common, *recipe, "--num-workers", "0",
+                           "--set", "method.epochs=1",
                            "--set", "im.epochs=1", "--set", "method.lambdas=[0.1,1.0]",
                            "--out", tmp_path / "o1")
     assert status == 0, err

@@ -20,11 +20,12 @@ import yaml
 from filelock import FileLock
 
 from eebench.sweep import expand, load_grid
-from test_sweep import SMOKE, check_record
+from conftest import SMOKE, check_record
 
-pytestmark = pytest.mark.skipif(shutil.which("sinfo") is None,
-                                reason="no SLURM client (sinfo) on PATH: start the one-machine cluster with "
-                                       "slurm/start-local-cluster.sh (.ci/run does) to run these tests")
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(900),
+              pytest.mark.skipif(shutil.which("sinfo") is None,
+                                 reason="no SLURM client (sinfo) on PATH: start the one-machine cluster with "
+                                        "slurm/start-local-cluster.sh (.ci/run does) to run these tests")]
 
 EEBENCH = Path(sys.executable).parent / "eebench"
 
@@ -162,7 +163,7 @@ def test_failing_run_is_reported_and_the_others_finish(tmp_path, partition, sess
     with the log holding its traceback and exits 1."""
     grid = tmp_path / "fail.yaml"
     grid.write_text("datasets: [digits]\nseeds: [0]\ntest_parameters: true\n"
-                    "methods:\n  threshold: {}\n  jei: {im_loss: [weighted, bogus]}\n")
+                    "methods:\n  threshold: {}\n  jei: {im_loss: weighted}\n  eenet: {budgets: [[0.01]]}\n")
     name = f"fail-{uuid.uuid4().hex[:6]}"
     out = tmp_path / "runs"
     proc = subprocess.run(_sweep_args(grid, name, _profile(tmp_path, partition), out, tmp_path / "logs"),
@@ -170,12 +171,13 @@ def test_failing_run_is_reported_and_the_others_finish(tmp_path, partition, sess
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"sweep {name} (slurm): 3 runs: 0 already recorded, 2 finished now, 1 failed" in proc.stdout
     configs = expand(load_grid(grid))
-    bad = next(c.run_id for c in configs if c.method_params.get("im_loss") == "bogus")
+    bad = next(c.run_id for c in configs if c.method == "eenet")     # a budget below the first exit's cost
     lines = proc.stdout.splitlines()
-    i = lines.index(f"  {bad}: ValueError: im_loss must be 'weighted' or 'uniform', got 'bogus'")
+    i = next(k for k, ln in enumerate(lines) if ln.startswith(f"  {bad}: ConfigError: method.budgets=[0.01]: each "
+                                                               f"budget must lie in"))
     log = Path(lines[i + 1].split("log: ", 1)[1])
     assert log.name.endswith("_0_log.err") and log.is_relative_to(tmp_path / "logs")
-    assert "Traceback" in log.read_text() and "im_loss must be" in log.read_text()
+    assert "Traceback" in log.read_text() and "each budget must lie in" in log.read_text()
     assert not (out / bad).exists()
     for c in configs:
         if c.run_id != bad:

@@ -10,6 +10,7 @@ A backbone's weights for a dataset come from, in order:
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,14 +67,13 @@ def register_backbone(spec: BackboneSpec, aliases: tuple[str, ...] = ()) -> Back
 for _depth in (20, 56):
     register_backbone(BackboneSpec(
         name=f"cifar_resnet{_depth}", adapter=cifar_resnet.CifarResNetExits,
-        description=f"CIFAR ResNet-{_depth} (option A), published CIFAR-10 weights; "
-                    f"{3 * ((_depth - 2) // 6)} exits, IM = MLP on 4x4-pooled block output",
+        description=f"CIFAR ResNet-{_depth} (option A)",
         weights_file=cifar_resnet.WEIGHT_FILES[f"cifar_resnet{_depth}"], pretrained_on="cifar10",
         recipe={"epochs": 30, "lr": 0.1, "weight_decay": 1e-4, "batch_size": 128, "augment": "crop_flip"}),
         aliases=(f"resnet{_depth}",))
 register_backbone(BackboneSpec(
     name="vit_digits", adapter=vit.ViTExits, train_on_first_use=True,
-    description="ViT depth 6, width 64 on 8x8 digits, trained here on first use; 6 exits, IM = Linear on normed CLS",
+    description="ViT depth 6, width 64 on 8x8 digits",
     recipe={"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "epochs": 100, "batch_size": 64,
             "augment": "none", "num_workers": 0, "num_threads": 1}))
 
@@ -83,8 +83,7 @@ from eebench.backbones import grit as _grit  # noqa: E402
 
 register_backbone(BackboneSpec(
     name="grit", adapter=_grit.GritExits, pipeline=_grit.GraphPipeline(),
-    description="GRIT-style graph transformer (RRWP-conditioned attention, 6 blocks, width 64) on superpixel "
-                "graphs, trained here; 6 exits, IM = Linear on the node-mean of normed states",
+    description="GRIT-style graph transformer (RRWP-conditioned attention, 6 blocks, width 64) on superpixel graphs",
     recipe={"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "epochs": 15, "batch_size": 128,
             "warmup_epochs": 1, "augment": "none", "num_workers": 1}),
     aliases=("grit_mnist",))
@@ -109,9 +108,25 @@ _T2T_DATASET_RECIPES = {
 for _name, _width, _depth in (("t2t_vit_7", 256, 7), ("t2t_vit_14", 384, 14)):
     register_backbone(BackboneSpec(
         name=_name, adapter=t2t_vit.T2TViTExits, weights_file=t2t_vit.WEIGHT_FILES[_name], pretrained_on="imagenet",
-        description=f"T2T-ViT-{_depth} (Performer T2T, width {_width}), published ImageNet weights; {_depth} exits, "
-                    f"IM = Linear on normed CLS",
+        description=f"T2T-ViT-{_depth} (Performer T2T, width {_width})",
         recipe=_T2T_RECIPE, dataset_recipes=_T2T_DATASET_RECIPES), aliases=(_name.replace("_", "-"),))
+
+
+def weights_sources(spec: BackboneSpec) -> str:
+    """Where a backbone's weights can come from, read from its spec."""
+    out = []
+    if spec.pretrained_on:
+        out.append(f"published {spec.pretrained_on} checkpoint {spec.weights_file}")
+    out.append("trained here on first use" if spec.train_on_first_use else "trained here by `eebench backbone train`")
+    return "; ".join(out)
+
+
+def describe_backbone(name: str) -> str:
+    """One line for ``eebench list``: the model family, exits and IM design read off a freshly built
+    adapter (random weights, the model's default input), and where its weights come from."""
+    spec = BACKBONES.get(name)
+    adapter = spec.adapter(timm.create_model(spec.name, num_classes=10))
+    return f"{spec.description}; {adapter.num_blocks} exits: {adapter.exits_doc}; weights: {weights_sources(spec)}"
 
 
 def create_model(name: str, num_classes: int, pretrained: bool = False, weights_dir: Path | None = None,
@@ -155,7 +170,7 @@ def default_weights(name: str, dataset: str) -> str:
 
 
 def load_backbone(name: str, splits: Any, weights_dir: Path | None, cache_dir: Path,
-                  weights: str = "auto") -> tuple[nn.Module, str]:
+                  weights: str = "auto", recipe: dict[str, Any] | None = None) -> tuple[nn.Module, str]:
     """The frozen backbone for a dataset, in eval mode.
 
     Args:
@@ -165,6 +180,9 @@ def load_backbone(name: str, splits: Any, weights_dir: Path | None, cache_dir: P
         weights: "published" (the published checkpoint, only for the dataset it was trained on),
             "trained" (trained here for this dataset and split), or "auto" (:func:`default_weights`).
             It is part of the run config, so a run id always names the same weights.
+        recipe: for "trained", the training recipe (default: the backbone's for the dataset); part
+            of the run config too, and of the checkpoint's folder, so another recipe is another
+            checkpoint and another run id.
 
     Returns:
         ``(model, source)``: the timm model and a description of where its weights came from.
@@ -190,15 +208,23 @@ def load_backbone(name: str, splits: Any, weights_dir: Path | None, cache_dir: P
         return model.eval(), f"published {spec.pretrained_on} checkpoint {spec.weights_file}"
     if weights != "trained":
         raise UsageError(f"weights={weights!r}: must be auto, published or trained")
-    ckpt = backbone_training.checkpoint_path(cache_dir, spec.name, splits)
+    default = backbone_training.default_recipe(spec.name, dataset)
+    recipe = {**default, **(recipe or {})}
+    ckpt = backbone_training.checkpoint_path(cache_dir, spec.name, splits, recipe)
     if not ckpt.exists():
+        changed = " ".join(f"--set {k}={json.dumps(v)}" for k, v in sorted(recipe.items()) if default.get(k) != v)
         if not spec.train_on_first_use:
+            others = [" ".join(f"--set recipe.{k}={json.dumps(v)}" for k, v in sorted(r.items()) if default.get(k) != v)
+                      or "the default recipe" for r in backbone_training.trained_recipes(cache_dir, spec.name, splits)]
+            hint = f"; trained here with: {others[0]}" if others else ""
             raise UsageError(
-                f"no {spec.name} weights trained for {dataset} (split {splits.key()}): train them with "
-                f"`eebench backbone train --backbone {spec.name} --dataset {dataset}` (same --set dataset.* "
-                f"options), or pick another --backbone")
+                f"no {spec.name} weights trained for {dataset} with this recipe (split {splits.key()}, recipe "
+                f"{backbone_training.recipe_key(recipe)}): train them with `eebench backbone train --backbone "
+                f"{spec.name} --dataset {dataset}{' ' + changed if changed else ''}` (same --set dataset.* options), "
+                f"or run with the recipe weights were trained with{hint}")
         log.info("backbone: training %s on %s (first use; cached for later runs)", spec.name, dataset)
-        backbone_training.train_backbone(spec.name, splits, cache_dir)
-    model = backbone_training.load_trained(spec.name, splits, cache_dir)
+        backbone_training.train_backbone(spec.name, splits, cache_dir, {k: v for k, v in recipe.items()
+                                                                         if default.get(k) != v})
+    model = backbone_training.load_trained(spec.name, splits, cache_dir, recipe)
     note = "" if backbone_training.is_complete(ckpt.parent) else " (partial schedule: see its meta.json)"
     return model.eval(), f"trained here: {ckpt}{note}"

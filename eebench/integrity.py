@@ -17,8 +17,8 @@ PREFIX = "xxh3_128:"
 
 
 def digest(tensor: torch.Tensor) -> str:
-    """XXH3-128 of a tensor's bytes (C-contiguous), hex."""
-    return xxhash.xxh3_128_hexdigest(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
+    """XXH3-128 of a tensor's bytes (C-contiguous, any shape including 0-dim), hex."""
+    return xxhash.xxh3_128_hexdigest(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def save_hashed(tensors: dict[str, torch.Tensor], path: Path | str, metadata: dict[str, str] | None = None) -> None:

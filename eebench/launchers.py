@@ -131,7 +131,7 @@ class SweepReport:
         return not self.failed
 
     def summary(self) -> str:
-        """A few lines: counts, then one line per failed run with its error and log path."""
+        """A few lines: counts, then one line per distinct failure (its runs, error and log path)."""
         if self.submitted_only:
             head = (f"sweep {self.grid}: {len(self.runs)} runs, {len(self.skipped)} already recorded, "
                     f"{len(self.runs) - len(self.skipped)} submitted in {len(self.jobs)} jobs; "
@@ -141,9 +141,13 @@ class SweepReport:
                  f"{len(self.finished)} finished now, {len(self.failed)} failed ({self.seconds:.1f} s)"]
         if self.failed:
             lines.append("failed runs (no record written):")
-            for f in self.failed:
-                lines.append(f"  {f.run_id}: {f.error}")
-                lines.append(f"    log: {f.log if f.log else '(none)'}")
+            groups: dict[tuple[str, str], list[str]] = {}
+            for f in self.failed:                     # a failed feature stage fails every run of its group
+                groups.setdefault((f.error, str(f.log) if f.log else "(none)"), []).append(f.run_id)
+            for (error, log_path), ids in groups.items():
+                who = ids[0] if len(ids) == 1 else f"{len(ids)} runs ({', '.join(ids)})"
+                lines.append(f"  {who}: {error}")
+                lines.append(f"    log: {log_path}")
         return "\n".join(lines)
 
 

@@ -206,7 +206,8 @@ def test_failed_feature_stage_fails_its_runs_with_its_log(cli, tmp_path):
     status, stdout, err = cli("sweep", grid, "--launcher", "inline", "--out", tmp_path / "runs")
     assert status == 1, err
     assert "2 runs: 0 already recorded, 0 finished now, 2 failed" in stdout
-    assert stdout.count("feature stage digits/vit_digits failed: UsageError: vit_digits has no published weights") == 2
+    assert stdout.count("feature stage digits/vit_digits failed: UsageError: vit_digits has no published weights") == 1
+    assert all(c.run_id in stdout for c in expand(load_grid(grid)))     # one line for the stage, naming its runs
     logs = {Path(ln.split("log: ", 1)[1]) for ln in stdout.splitlines() if "log: " in ln}
     assert len(logs) == 1 and "Traceback" in logs.pop().read_text()
     assert not list((tmp_path / "runs").glob("*/record.json"))

@@ -37,7 +37,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from eebench import paths, report, reproduce, sweep
+    from eebench import launchers, paths, report, reproduce
     from eebench.cli_report import tables
     from eebench.errors import UsageError
     from eebench.runner import RunOptions
@@ -62,7 +62,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     paths.writable_dir(out, "--out")
     paths.cache_dir(args.cache_dir)
     options = RunOptions(args.data_dir, args.weights_dir, args.cache_dir, out, args.batch_size, args.num_workers)
-    result = sweep.run_sweep(plan.grid, plan.configs, options, "inline", progress=lambda m: log.info("%s", m))
+    result = launchers.run_sweep(plan.grid, plan.configs, options, "inline", progress=lambda m: log.info("%s", m))
     print(result.summary())
     if not result.ok:
         return 1

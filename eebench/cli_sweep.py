@@ -36,7 +36,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", type=Path, help="executor profile, e.g. slurm/local.yaml or slurm/gpu.yaml")
     p.add_argument("--dry-run", action="store_true", help="print the runs and stages; submit nothing")
     p.add_argument("--collect", action="store_true",
-                   help="only gather the grid's records: a summary, and the runs still missing")
+                   help="only check the grid's records: how many are there, and the runs still missing")
     p.add_argument("--max-parallel", type=int, help="SLURM array parallelism / local subprocesses at once")
     p.add_argument("--runs-per-task", type=int, default=1,
                    help="runs per job (array task): >1 saves job start-up on short runs (default 1)")
@@ -44,7 +44,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-dir", type=Path, help="submitit folder for job logs (default OUT/_sweeps/<grid>-<time>)")
     p.add_argument("--no-wait", action="store_true",
                    help="return once submitted (SLURM); gather later with --collect")
-    p.add_argument("--results", type=Path, help="with --collect: also write the per-run summary as CSV")
     p.add_argument("--batch-size", type=int, default=256, help="batch size of the backbone pass")
     p.add_argument("--num-workers", type=int, default=1, help="data-loading workers of the backbone pass")
     add_common_options(p)
@@ -52,13 +51,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from eebench import sweep
+    from eebench import launchers, paths
+    from eebench.grids import expand, load_grid
     from eebench.runner import RunOptions
 
-    from eebench import paths
-
-    grid = sweep.load_grid(args.grid, args.sets)
-    configs = sweep.expand(grid)
+    grid = load_grid(args.grid, args.sets)
+    configs = expand(grid)
     paths.writable_dir(args.out, "--out")
     paths.cache_dir(args.cache_dir)
     options = RunOptions(args.data_dir, args.weights_dir, args.cache_dir, args.out, args.batch_size, args.num_workers)
@@ -66,9 +64,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return _dry_run(grid, configs, args)
     if args.collect:
         return _collect(grid, configs, args)
-    profile = sweep.load_profile(args.profile)
+    profile = launchers.load_profile(args.profile)
     try:
-        report = sweep.run_sweep(grid, configs, options, args.launcher, profile, args.max_parallel,
+        report = launchers.run_sweep(grid, configs, options, args.launcher, profile, args.max_parallel,
                                  args.runs_per_task, args.log_dir, wait=not args.no_wait,
                                  progress=lambda m: log.info("%s", m))
     except KeyboardInterrupt:
@@ -80,10 +78,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _dry_run(grid, configs, args: argparse.Namespace) -> int:
-    from eebench import sweep
+    from eebench import launchers
 
-    done, groups = sweep.plan(configs, args.out)
-    launcher = sweep.resolve_launcher(args.launcher) if args.launcher != "inline" else "inline"
+    done, groups = launchers.plan(configs, args.out)
+    launcher = launchers.resolve_launcher(args.launcher) if args.launcher != "inline" else "inline"
     print(f"grid {grid.name}: {len(configs)} runs ({len(done)} already recorded under {args.out}); "
           f"launcher {launcher}")
     from eebench.method import load_methods
@@ -102,22 +100,14 @@ def _dry_run(grid, configs, args: argparse.Namespace) -> int:
 
 
 def _collect(grid, configs, args: argparse.Namespace) -> int:
-    import pandas as pd
+    from eebench.records import collect
 
-    from eebench import sweep
-    from eebench.records import write_atomic
-
-    records, missing = sweep.collect(configs, args.out)
+    records, missing = collect([c.run_id for c in configs], args.out)
     print(f"grid {grid.name}: {len(records)} of {len(configs)} runs recorded under {args.out}")
-    if records:
-        df = pd.DataFrame(sweep.summary_rows(records))
-        print(df.drop(columns=["run_id"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-        if args.results:
-            write_atomic(args.results, df.to_csv(index=False, float_format="%.4f").encode())
-            print(f"wrote {args.results}")
     if missing:
         print("no record yet:")
         for run_id in missing:
             print(f"  {run_id}")
-    print("tables and leaderboards: eebench report " + str(args.out), file=sys.stderr)
+    print("tables and leaderboards (operating points chosen on val, reported on test): eebench report "
+          + str(args.out), file=sys.stderr)
     return 0 if not missing else 1

@@ -27,7 +27,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -46,7 +46,7 @@ class RunConfig:
     dataset: str
     backbone: str
     seed: int = 0
-    weights: str = "published"  # published | trained (see eebench.backbones.load_backbone)
+    weights: str = "published"  # published | trained (see eebench.weights.load_backbone)
     method_params: dict[str, Any] = field(default_factory=dict)
     dataset_params: dict[str, Any] = field(default_factory=dict)
     im_params: dict[str, Any] = field(default_factory=dict)  # the shared IM stage (eebench.im_stage)
@@ -108,27 +108,41 @@ def parse_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"malformed YAML in {where}: {at}{problem}") from None
 
 
+def read_mapping(path: Path, keys: Sequence[str], what: str, where: str = "") -> dict[str, Any]:
+    """The YAML mapping in file ``path`` (empty for an empty file), whose keys must be among ``keys``.
+
+    Args:
+        what: "config", "grid": the kind of file, named in the messages.
+        where: appended to the message when the file cannot be read, e.g. " (included from X)".
+
+    Raises:
+        ConfigError: the file cannot be read, is not valid YAML (the message gives line and column),
+            is not a mapping, or has an unknown key (with a "did you mean").
+    """
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}{where}: {e.strerror}") from None
+    data = parse_yaml(text, f"{what} {path}")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a mapping of {', '.join(keys)}; got {type(data).__name__}")
+    for key in data:
+        if key not in keys:
+            raise ConfigError(f"{what} {path}: unknown key '{key}'{_did_you_mean(str(key), keys)}; "
+                              f"valid: {', '.join(keys)}")
+    return data
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML run config.
 
     Raises:
-        ConfigError: the file is missing, is not valid YAML (the message gives line and column),
-            is not a mapping, or has an unknown top-level key.
+        ConfigError: see :func:`read_mapping`; a ``*_params`` or ``recipe`` key that is not a mapping.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-    data = parse_yaml(text, str(path))
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping of {', '.join(TOP_KEYS)}; got {type(data).__name__}")
-    for key in data:
-        if key not in TOP_KEYS:
-            raise ConfigError(f"config {path}: unknown key '{key}'{_did_you_mean(key, TOP_KEYS)}; "
-                              f"valid: {', '.join(TOP_KEYS)}")
+    data = read_mapping(path, TOP_KEYS, "config")
     for key in ("method_params", "dataset_params", "im_params", "recipe"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ConfigError(f"config {path}: '{key}' must be a mapping, got {type(data[key]).__name__}")
@@ -194,11 +208,6 @@ def resolve(method: str | None = None, dataset: str | None = None, backbone: str
         UnknownNameError: an unknown method, dataset or backbone (exit status 2).
         ConfigError: a malformed option or file, an unknown parameter, a value of the wrong type.
     """
-    from eebench.backbones import BACKBONES
-    from eebench.data import DATASETS
-    from eebench.im_stage import IM_CONSTRAINTS, IM_PARAMETERS
-    from eebench.method import load_methods
-
     data = load_yaml(config_file) if config_file else {}
     data = {"method_params": {}, "dataset_params": {}, "im_params": {}, "recipe": {},
             **{k: v for k, v in data.items() if v is not None}}
@@ -219,6 +228,32 @@ def resolve(method: str | None = None, dataset: str | None = None, backbone: str
                               f"{_did_you_mean(key, ['method', 'dataset', 'backbone', 'weights', 'seed'])}; "
                               f"use method.<param>, dataset.<param>, im.<param>, recipe.<key>, method, dataset, "
                               f"backbone, weights or seed")
+    return from_dict(data)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Resolve a run configuration from a mapping with the keys of a run record's ``config``
+    (:data:`TOP_KEYS`; missing ones take their defaults): names made canonical, parameters merged
+    over their defaults and checked against their types and constraints.
+
+    Raises:
+        UnknownNameError: an unknown method, dataset or backbone (exit status 2).
+        ConfigError: an unknown key or parameter, a value of the wrong type or out of its range.
+    """
+    from eebench.backbones import BACKBONES
+    from eebench.data import DATASETS
+    from eebench.im_stage import IM_CONSTRAINTS, IM_PARAMETERS
+    from eebench.method import load_methods
+
+    unknown = [k for k in data if k not in TOP_KEYS]
+    if unknown:
+        raise ConfigError(f"unknown config key '{unknown[0]}'{_did_you_mean(str(unknown[0]), TOP_KEYS)}; "
+                          f"valid: {', '.join(TOP_KEYS)}")
+    data = {**{k: {} for k in ("method_params", "dataset_params", "im_params", "recipe")},
+            **{k: v for k, v in data.items() if v is not None}}
+    for key in ("method_params", "dataset_params", "im_params", "recipe"):
+        if not isinstance(data[key], dict):
+            raise ConfigError(f"config '{key}' must be a mapping, got {type(data[key]).__name__}")
     if not data.get("method"):
         raise ConfigError("no method given: pass --method (see `eebench list methods`)")
     if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool) or data.get("seed", 0) < 0:

@@ -13,7 +13,7 @@ The harness then carves four disjoint splits from it with a seed (``split_seed``
 (``holdout: train``) or, for a backbone whose published weights were trained on the whole hub
 train split, from the hub's test split (``holdout: test``): otherwise val and calib would hold
 images the backbone has fitted, unlike test, and conformal sets calibrated on them under-cover
-(ResNet-56 on CIFAR-10: val accuracy 89 % against 83 % on test; coverage 0.86 at α = 0.10).
+(``docs/decisions.md`` P7).
 ``holdout: auto`` (the default) is resolved to one of the two from the backbone when a run is
 configured. A source without a test split gives ``test`` from its pool too.
 """
@@ -92,7 +92,8 @@ class DatasetSpec:
         return {**SPLIT_CONSTRAINTS, **self.parameter_constraints}
 
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
+#: Every dataset; the plugin modules of :mod:`eebench.datasets` register themselves on first use.
+DATASETS: Registry[DatasetSpec] = Registry("dataset", package="eebench.datasets")
 
 
 def register_dataset(spec: DatasetSpec, aliases: tuple[str, ...] = ()) -> DatasetSpec:
@@ -101,12 +102,36 @@ def register_dataset(spec: DatasetSpec, aliases: tuple[str, ...] = ()) -> Datase
 
 # --------------------------------------------------------------------------------------------
 # sources
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, hex."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _load_mirror(spec: DatasetSpec, root: Path) -> tuple[datasets.DatasetDict, str]:
+def offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` forbids the hub."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+
+
+def hub_error(spec: DatasetSpec, e: Exception, layout: str, hint: str = "") -> DataUnavailableError:
+    """The one-line error of a dataset the hub cannot serve, saying how to give a local mirror."""
+    why = "HF_HUB_OFFLINE is set" if offline() else f"the hub did not serve it ({type(e).__name__})"
+    return DataUnavailableError(
+        f"cannot load '{spec.name}' from the Hugging Face hub ({spec.hub_id}): {why}; pass --data-dir DIR "
+        f"with {layout} in the hub's schema" + (", or unset HF_HUB_OFFLINE to download it" if offline() else hint))
+
+
+def dict_fingerprint(ds: datasets.DatasetDict) -> str:
+    """A content key of a hub-loaded DatasetDict (the hub cache's fingerprints of its splits)."""
+    return hashlib.sha256("".join(f"{s}:{d._fingerprint}" for s, d in sorted(ds.items())).encode()).hexdigest()[:16]
+
+
+def load_mirror(spec: DatasetSpec, root: Path) -> tuple[datasets.DatasetDict, str]:
+    """``root/<name>/{train,test}.parquet`` in the hub's schema, and a fingerprint of the files' bytes.
+
+    Raises:
+        DataUnavailableError: no ``train.parquet``, or an unreadable file.
+    """
     folder = root / spec.name
     files = {s: folder / f"{s}.parquet" for s in ("train", "test")}
     files = {s: p for s, p in files.items() if p.exists()}
@@ -119,7 +144,7 @@ def _load_mirror(spec: DatasetSpec, root: Path) -> tuple[datasets.DatasetDict, s
     except Exception as e:  # a truncated or foreign file
         raise DataUnavailableError(f"cannot read the mirror of '{spec.name}' in {folder}: {type(e).__name__}: "
                                    f"{str(e).splitlines()[0] if str(e) else ''}; replace the parquet files") from e
-    fingerprint = hashlib.sha256("".join(f"{s}:{_file_sha256(p)}" for s, p in sorted(files.items())).encode())
+    fingerprint = hashlib.sha256("".join(f"{s}:{file_sha256(p)}" for s, p in sorted(files.items())).encode())
     return ds, fingerprint.hexdigest()[:16]
 
 
@@ -127,14 +152,8 @@ def _load_hub(spec: DatasetSpec) -> tuple[datasets.DatasetDict, str]:
     try:
         ds = datasets.load_dataset(spec.hub_id, spec.hub_config)
     except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-        why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable"
-        raise DataUnavailableError(
-            f"cannot load '{spec.name}' from the Hugging Face hub ({spec.hub_id}): {why}; pass --data-dir DIR "
-            f"with DIR/{spec.name}/{{train,test}}.parquet in the hub's schema"
-            + (", or unset HF_HUB_OFFLINE to download it" if offline else "")) from e
-    fingerprint = hashlib.sha256("".join(f"{s}:{d._fingerprint}" for s, d in sorted(ds.items())).encode())
-    return ds, fingerprint.hexdigest()[:16]
+        raise hub_error(spec, e, f"DIR/{spec.name}/{{train,test}}.parquet") from e
+    return ds, dict_fingerprint(ds)
 
 
 def load_source(spec: DatasetSpec, data_dir: Path | None = None, cache_dir: Path | None = None,
@@ -153,7 +172,7 @@ def load_source(spec: DatasetSpec, data_dir: Path | None = None, cache_dir: Path
             return spec.builder(data_dir=data_dir, cache_dir=cache_dir, params={**spec.default_parameters(), **(params or {})})
         return spec.builder(data_dir=data_dir, cache_dir=cache_dir)
     if data_dir is not None:
-        return _load_mirror(spec, data_dir)
+        return load_mirror(spec, data_dir)
     return _load_hub(spec)
 
 
@@ -333,35 +352,3 @@ class ImageDataset(TorchDataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         row = self.split[int(i)]
         return self.transform(row[self.image_column].convert(self.mode)), int(row[self.label_column])
-
-
-# --------------------------------------------------------------------------------------------
-# the offline default
-def _build_digits(data_dir: Path | None = None, cache_dir: Path | None = None) -> tuple[datasets.DatasetDict, str]:
-    """scikit-learn's bundled ``digits`` (1,797 8×8 images, 17 grey levels) in the MNIST hub schema."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    pixels = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
-    features = datasets.Features({"image": datasets.Image(),
-                                  "label": datasets.ClassLabel(names=[str(i) for i in range(10)])})
-    ds = datasets.Dataset.from_dict(
-        {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": bunch.target.tolist()},
-        features=features)
-    fingerprint = hashlib.sha256(pixels.tobytes() + bunch.target.astype(np.int64).tobytes()).hexdigest()[:16]
-    return datasets.DatasetDict({"train": ds}), fingerprint
-
-
-register_dataset(DatasetSpec(
-    name="digits", hub_id=None, num_classes=10, default_backbone="vit_digits", builder=_build_digits, bundled=True,
-    description="scikit-learn digits, 1,797 8x8 images, bundled (offline default)"))
-register_dataset(DatasetSpec(
-    name="mnist", hub_id="ylecun/mnist", num_classes=10, default_backbone="t2t_vit_7",
-    description="MNIST, 60k/10k 28x28 grey digits"))
-register_dataset(DatasetSpec(
-    name="cifar10", hub_id="uoft-cs/cifar10", num_classes=10, default_backbone="cifar_resnet56",
-    image_column="img", description="CIFAR-10, 50k/10k 32x32 colour images"), aliases=("cifar-10",))
-
-from eebench import graphs as _graphs  # noqa: E402,F401  (registers mnist-superpixels; imports this module)
-from eebench import datasets_hub as _datasets_hub  # noqa: E402,F401  (registers cifar100, cifar100-lt, cifar10-lt, svhn, imagenet)

@@ -5,17 +5,11 @@ generalization in graph neural networks") and the MNIST graphs of Dwivedi et al.
 graph neural networks", JMLR 2023):
 
 1. **Superpixels.** :func:`skimage.segmentation.slic` on the 28×28 grey image scaled to [0, 1],
-   ``n_segments=75``, ``compactness=0.25``, ``channel_axis=None``. On 28×28 any ``n_segments``
-   from 65 to 125 gives the same 9×9 grid of seeds (skimage rounds the grid step to 3 pixels), and
-   SLIC's connectivity step then merges or splits pieces: at skimage's default
-   ``min_size_factor=0.5``, 27 % of the digits get more than 75 segments (up to 82). The count is
-   therefore steered with ``min_size_factor`` (pieces smaller than that fraction of the nominal
-   segment size are merged into a neighbour): 0.8 gives 70.5 segments on average over 2,000 test
-   digits (Dwivedi et al. report 70.6 for their MNIST graphs). A digit with more than 75 segments
-   is segmented again with the next setting of :data:`SLIC_ATTEMPTS`: factor 1.0 (same grid), then
-   ``n_segments=64`` (a 7×7 grid, about 45 segments; 2 of those 2,000 digits). Factors above 1.0
-   are useless here: at 1.05 most 3×3 segments merge (70 → 30 segments). Knyazev et al. likewise
-   re-run SLIC with fewer requested segments until at most 75 remain.
+   ``n_segments=75``, ``compactness=0.25``, ``channel_axis=None``, ``min_size_factor=0.8`` (pieces
+   smaller than that fraction of the nominal segment size merge into a neighbour; why 0.8:
+   ``docs/decisions.md`` B3). A digit with more than 75 segments is segmented again with the next
+   setting of :data:`SLIC_ATTEMPTS` (factor 1.0, then ``n_segments=64``), as Knyazev et al. re-run
+   SLIC with fewer requested segments until at most 75 remain.
 2. **Node features** ``[n, 3]``: mean intensity of the superpixel in [0, 1], and its centroid
    ``(x, y) = (column, row) / 27`` in [0, 1] (:func:`scipy.ndimage.mean`,
    :func:`scipy.ndimage.center_of_mass`).
@@ -23,16 +17,13 @@ graph neural networks", JMLR 2023):
    :class:`scipy.spatial.cKDTree`), ``edge_index [2, 8n]`` with row 0 the node and row 1 its
    neighbour, grouped by node; the graph is directed (out-degree exactly 8).
 
-The dataset is built once from the ``mnist`` source (a hub id or the local mirror) with a progress
-bar and parallel workers, and cached with :meth:`datasets.Dataset.save_to_disk` under
-``<cache>/derived/mnist-superpixels-<key>``; the key hashes the MNIST source fingerprint and every
-builder parameter, so a change of either builds a new entry (636 s for the 70k digits with two
-workers on the busy 2-core machine here). Schema: the columns of the hub's graph datasets
+The dataset (``mnist-superpixels``, :mod:`eebench.datasets.superpixels`) is built once from the
+``mnist`` source with a progress bar and parallel workers and cached (:mod:`eebench.derived`), the
+key hashing the MNIST source fingerprint and every builder parameter. Schema: the columns of the hub's graph datasets
 (``graphs-datasets/MNIST``: ``node_feat`` ``[n, F]``, ``edge_index`` ``[2, E]``, ``num_nodes``),
 with the class as a ClassLabel column ``label`` as in ``ylecun/mnist`` (instead of their ``y``
-list) and without their ``edge_attr`` and ``pos`` (the centroid is in ``node_feat``). The hub's
-copy, the Benchmarking-GNNs graphs, has 70.6 nodes and 564.5 edges per graph on average; these
-have 70.2 nodes (44–75) and 8 edges per node. MNIST's train (60k) / test (10k) splits are kept,
+list) and without their ``edge_attr`` and ``pos`` (the centroid is in ``node_feat``); node and
+edge counts against the hub's copy: ``docs/decisions.md`` B3. MNIST's train (60k) / test (10k) splits are kept,
 so the harness carves train / val / calib / test as for MNIST.
 
 The tensors a graph transformer reads (:func:`rrwp`, :func:`collate_graphs`, :class:`GraphBatch`)
@@ -40,24 +31,16 @@ are here too; :class:`eebench.backbones.grit.GraphPipeline` ties them to a backb
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import datasets
 import numpy as np
 import torch
-from filelock import FileLock
 from torch.utils.data import Dataset as TorchDataset
 from tqdm.auto import tqdm
 
-from eebench.data import DATASETS, DatasetSpec, load_source, register_dataset
-from eebench.errors import CorruptCacheError
 
 log = logging.getLogger(__name__)
 
@@ -196,55 +179,6 @@ def mnist_images(split: datasets.Dataset) -> np.ndarray:
     return np.stack([np.asarray(im, dtype=np.uint8) for im in split["image"]])
 
 
-def _build_mnist_superpixels(data_dir: Path | None = None, cache_dir: Path | None = None,
-                             n_jobs: int | None = None) -> tuple[datasets.DatasetDict, str]:
-    """Load (or build once and cache) MNIST superpixel graphs from the ``mnist`` source.
-
-    Returns:
-        ``(DatasetDict(train=60k graphs, test=10k graphs), key)``; the key is the content hash of
-        the MNIST source fingerprint and :func:`builder_parameters`.
-
-    Raises:
-        DataUnavailableError: MNIST cannot be loaded (see :func:`eebench.data.load_source`).
-        CorruptCacheError: the cached entry cannot be read.
-    """
-    from eebench import paths
-
-    source, fingerprint = load_source(DATASETS.get("mnist"), data_dir, cache_dir)
-    blob = json.dumps({"mnist": fingerprint, **builder_parameters()}, sort_keys=True)
-    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    root = paths.cache_dir(cache_dir) / "derived"
-    root.mkdir(parents=True, exist_ok=True)
-    folder = root / f"mnist-superpixels-{key}"
-    with FileLock(str(root / f".mnist-superpixels-{key}.lock")):
-        if not (folder / "dataset_dict.json").exists():
-            log.info("mnist-superpixels: building %s (SLIC, %d segments, %d-NN) from MNIST %s",
-                     folder, N_SEGMENTS, NUM_NEIGHBOURS, fingerprint)
-            tmp = Path(tempfile.mkdtemp(prefix=f".mnist-superpixels-{key}.", dir=root))
-            try:
-                built = datasets.DatasetDict({
-                    name: to_dataset(build_graphs(mnist_images(split), n_jobs, desc=f"superpixels {name}"),
-                                     split["label"])
-                    for name, split in source.items()})
-                built.save_to_disk(str(tmp / "data"))
-                os.rename(tmp / "data", folder)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            ds = datasets.load_from_disk(str(folder))
-        except Exception as e:
-            raise CorruptCacheError(f"derived dataset {folder} is unreadable ({type(e).__name__}); delete it "
-                                    f"(rm -rf {folder}) and run again to rebuild it") from e
-    return ds, key
-
-
-register_dataset(DatasetSpec(
-    name="mnist-superpixels", hub_id=None, num_classes=10, default_backbone="grit",
-    builder=_build_mnist_superpixels, image_column="node_feat",
-    description="MNIST as SLIC superpixel graphs (<=75 nodes: intensity, x, y; 8-NN edges), derived, cached"),
-    aliases=("mnist_superpixels", "mnist-sp"))
-
-
 # --------------------------------------------------------------------------------------------
 # graphs → dense tensors
 class GraphBatch(NamedTuple):
@@ -290,7 +224,7 @@ def rrwp(edge_index: torch.Tensor, num_nodes: int, steps: int) -> torch.Tensor:
     edge_index = np.asarray(edge_index, dtype=np.int64)
     if edge_index.size and (edge_index.min() < 0 or edge_index.max() >= num_nodes):
         raise ValueError(f"edge_index refers to nodes outside 0..{num_nodes - 1}")
-    # numpy, not torch: torch's thread pool made this 150× slower on a busy 2-core machine
+    # numpy, not torch: per-graph 70×70 products are too small for torch's thread pool (decisions.md B3)
     adj = np.zeros((num_nodes, num_nodes))
     adj[edge_index[0], edge_index[1]] = 1.0
     walk = adj / np.maximum(adj.sum(1, keepdims=True), 1.0)

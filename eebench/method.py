@@ -9,8 +9,6 @@ in a method reads files, parses arguments or computes metrics (``design.md``).
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -131,7 +129,7 @@ class ExitMethod:
         raise NotImplementedError
 
 
-METHODS: Registry[ExitMethod] = Registry("method")
+METHODS: Registry[ExitMethod] = Registry("method", package="methods")
 
 
 def register_method(cls: type[ExitMethod]) -> type[ExitMethod]:
@@ -141,10 +139,5 @@ def register_method(cls: type[ExitMethod]) -> type[ExitMethod]:
 
 
 def load_methods() -> Registry[ExitMethod]:
-    """Import every plugin module of the ``methods`` package (each registers itself)."""
-    import methods
-
-    for info in pkgutil.iter_modules(methods.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"methods.{info.name}")
-    return METHODS
+    """The method registry, every plugin module of the ``methods`` package imported."""
+    return METHODS.discover()

@@ -18,7 +18,6 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from eebench.method import OperatingPoint
 

@@ -53,6 +53,64 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def record_path(out_dir: Path, run_id: str) -> Path:
+    """``OUT/<run-id>/record.json``: written last and atomically, so it exists only when complete."""
+    return Path(out_dir) / run_id / "record.json"
+
+
+def has_record(out_dir: Path, run_id: str) -> bool:
+    """Whether the run's record exists (then the run is finished and is never run again)."""
+    return record_path(out_dir, run_id).is_file()
+
+
+def read_record(out_dir: Path, run_id: str) -> dict[str, Any] | None:
+    """The run's record, or None when it has none (or an unreadable one)."""
+    try:
+        record = json.loads(record_path(out_dir, run_id).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("run_id") == run_id else None
+
+
+def collect(run_ids: list[str], out_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The complete records of ``run_ids`` under ``out_dir``, and the run ids that have none.
+
+    Only ``record.json`` files are read; they are written last and atomically, so a run in
+    progress is never half-read.
+    """
+    records, missing = [], []
+    for run_id in run_ids:
+        record = read_record(out_dir, run_id)
+        if record is None:
+            missing.append(run_id)
+        else:
+            records.append(record)
+    return records, missing
+
+
+def failure_path(out_dir: Path, key: str) -> Path:
+    """``OUT/.failures/<key>.json``: why a run (or a feature stage) of a sweep wrote no record."""
+    return Path(out_dir) / ".failures" / f"{key}.json"
+
+
+def write_failure(out_dir: Path, key: str, error: str) -> None:
+    """Record, atomically, the one-line ``error`` a run or stage failed with."""
+    write_json(failure_path(out_dir, key), {"key": key, "error": error})
+
+
+def read_failure(out_dir: Path, key: str) -> str | None:
+    """The error of :func:`write_failure`, or None."""
+    try:
+        return str(json.loads(failure_path(out_dir, key).read_text())["error"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def clear_failure(out_dir: Path, key: str) -> None:
+    """Forget an earlier failure of ``key`` (before it is attempted again)."""
+    failure_path(out_dir, key).unlink(missing_ok=True)
+
+
 def versions() -> dict[str, str]:
     """Versions of Python, the platform and the packages that decide the numbers."""
     out = {"python": platform.python_version(), "platform": platform.platform()}

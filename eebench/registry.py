@@ -1,7 +1,10 @@
-"""Name registries with aliases and "did you mean" (in the manner of lm-evaluation-harness)."""
+"""Name registries with aliases and "did you mean" (in the manner of lm-evaluation-harness), filled
+by plugin modules that register themselves when their package is first asked for a name."""
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from typing import Generic, Iterator, TypeVar
 
 from eebench.errors import UnknownNameError
@@ -14,16 +17,31 @@ class Registry(Generic[T]):
 
     Args:
         kind: what is registered ("method", "dataset", "backbone"); used in error messages.
+        package: the package whose modules register the plugins (``methods``,
+            ``eebench.datasets``, ``eebench.backbones``): every module of it not starting with "_"
+            is imported on the first lookup, so a new plugin is a new file, with no other edit.
 
     Raises:
         UnknownNameError: from :meth:`get` for a name that is neither registered nor an alias.
         ValueError: from :meth:`register` when a name or alias is registered twice.
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, package: str | None = None):
         self.kind = kind
+        self.package = package
+        self._discovered = package is None
         self._items: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
+
+    def discover(self) -> "Registry[T]":
+        """Import every plugin module of :attr:`package` once (each registers itself)."""
+        if not self._discovered:
+            self._discovered = True
+            pkg = importlib.import_module(self.package)
+            for info in pkgutil.iter_modules(pkg.__path__):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{self.package}.{info.name}")
+        return self
 
     def register(self, name: str, obj: T, aliases: tuple[str, ...] = ()) -> T:
         for key in (name, *aliases):
@@ -36,6 +54,7 @@ class Registry(Generic[T]):
 
     def canonical(self, name: str) -> str:
         """Return the canonical name for ``name`` or an alias of it."""
+        self.discover()
         if name in self._items:
             return name
         if name in self._aliases:
@@ -52,12 +71,14 @@ class Registry(Generic[T]):
         return self._items[self.canonical(name)]
 
     def names(self) -> list[str]:
+        self.discover()
         return sorted(self._items)
 
     def aliases_of(self, name: str) -> list[str]:
         return sorted(a for a, n in self._aliases.items() if n == name)
 
     def __contains__(self, name: object) -> bool:
+        self.discover()
         return name in self._items or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:

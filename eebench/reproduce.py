@@ -116,7 +116,7 @@ def plan(setting: str, methods: list[str] | None = None, seeds: list[int] | None
     """
     from eebench import table as tables
     from eebench.method import load_methods
-    from eebench.sweep import expand, load_grid
+    from eebench.grids import expand, load_grid
 
     grid = load_grid(grid_path(setting))
     registry = load_methods()

@@ -15,15 +15,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from eebench import paths
-from eebench.backbones import BACKBONES, load_backbone
+from eebench.backbones import BACKBONES
 from eebench.config import RunConfig
 from eebench.costs import CostProfile, profile_exits
 from eebench.data import SPLITS, DataSplits, indices_sha256, load_splits, policy_rows
 from eebench.features import FeatureCache, SplitFeatures, extract, feature_key, state_dict_sha256
-from eebench.method import ExitTask, load_methods
 from eebench.im_stage import IMStage, im_schedule
+from eebench.method import ExitTask, load_methods
 from eebench.metrics import SET_SIZE_ALPHA, conformal_set_sizes, evaluate
 from eebench.records import git_revision, versions, write_json, write_npz
+from eebench.weights import load_backbone
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,7 @@ def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any]
                                       recipe)
         adapter = spec.adapter(model)
         weights_sha = state_dict_sha256(model)
-    key = feature_key(weights=weights_sha, data=splits.key(), preprocessing=spec.pipeline.describe(model),
-                      exits=adapter.exits_doc, im_dims=adapter.im_dims, backbone=spec.name)
+    key = features_key(spec, model, adapter, splits, weights_sha)
     cache = FeatureCache(cache_root)
     with timer.stage("features"), cache.lock(key):
         if cache.exists(key):
@@ -107,6 +107,15 @@ def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any]
     costs = CostProfile(meta["costs"]["block_muladds"], meta["costs"]["im_muladds"])
     return Prepared(splits, adapter, features, costs, key, reused,
                     {"source": source, "sha256": weights_sha})
+
+
+def features_key(spec: Any, model: nn.Module, adapter: Any, splits: DataSplits, weights_sha: str | None = None) -> str:
+    """The feature cache key of ``model`` (a :class:`~eebench.backbones.BackboneSpec`'s network and
+    its exit adapter) on ``splits``: it changes with the weights, the data and their splits, the
+    preprocessing and the exit design."""
+    return feature_key(weights=weights_sha or state_dict_sha256(model), data=splits.key(),
+                       preprocessing=spec.pipeline.describe(model), exits=adapter.exits_doc,
+                       im_dims=adapter.im_dims, backbone=spec.name)
 
 
 @contextmanager
@@ -136,6 +145,24 @@ def carve_policy(train: SplitFeatures, val: SplitFeatures, val_rows: tuple[str, 
     return val.subset(torch.as_tensor(carve[0])), val.subset(torch.as_tensor(carve[1])), info
 
 
+def exit_task(prep: Prepared, config: RunConfig, cache_dir: Path | None = None,
+              progress: Any = tqdm_progress) -> tuple[ExitTask, IMStage, dict[str, Any]]:
+    """What a method of ``config`` may fit on: the features of ``train``, the policy and val halves
+    of ``val`` (:func:`carve_policy`), the cost profile and the shared IM stage of ``prep``.
+
+    Returns:
+        ``(task, im_stage, splits_info)``.
+    """
+    f, C = prep.features, prep.splits.spec.num_classes
+    policy, val, split_info = carve_policy(f["train"], f["val"], prep.splits.indices["val"], config.dataset_params)
+    stage = IMStage(paths.cache_dir(cache_dir), prep.key,
+                    lambda: nn.ModuleList(prep.adapter.make_im(k, C) for k in range(1, prep.costs.num_exits)),
+                    f["train"], val, config.im_params, config.seed, progress)
+    task = ExitTask(f["train"], policy, val, C, prep.costs, lambda k: prep.adapter.make_im(k, C), stage,
+                    im_schedule(config.im_params), progress)
+    return task, stage, split_info
+
+
 def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
     """Run one configuration end to end and write ``OUT/<run-id>/record.json`` atomically.
 
@@ -152,12 +179,8 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
     prep = prepare_features(config.dataset, config.backbone, config.dataset_params, options, timer, config.weights,
                             config.recipe)
     f, C = prep.features, prep.splits.spec.num_classes
-    policy, val, split_info = carve_policy(f["train"], f["val"], prep.splits.indices["val"], config.dataset_params)
-    stage = IMStage(paths.cache_dir(options.cache_dir), prep.key,
-                    lambda: nn.ModuleList(prep.adapter.make_im(k, C) for k in range(1, prep.costs.num_exits)),
-                    f["train"], val, config.im_params, config.seed, tqdm_progress)
-    task = ExitTask(f["train"], policy, val, C, prep.costs, lambda k: prep.adapter.make_im(k, C), stage,
-                    im_schedule(config.im_params), tqdm_progress)
+    task, stage, split_info = exit_task(prep, config, options.cache_dir)
+    val = task.val
     torch.manual_seed(config.seed)
     with timer.stage("fit"):
         fitted = method.fit(task, config.method_params, config.seed)

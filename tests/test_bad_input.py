@@ -6,8 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import save_file
-import torch
 
 from conftest import DATA_DIR, needs_shared, read_record
 

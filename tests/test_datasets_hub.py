@@ -1,78 +1,13 @@
 """CIFAR-100, SVHN, ImageNet and the long-tailed CIFAR variants through the real ``--data-dir`` path:
 small synthetic datasets with the hub's exact ``Features``, written as parquet (or as class
 folders for ImageNet), read by the harness's loaders; CIFAR-10-LT on the real CIFAR-10 mirror."""
-from pathlib import Path
-
-import datasets
 import numpy as np
 import pytest
 from PIL import Image
-from timm.data import ImageNetInfo
 
-from conftest import DATA_DIR, needs_shared
+from conftest import DATA_DIR, HUB_FEATURES, needs_shared, row_of, tagged_image, write_mirror
 from eebench.data import DATASETS, load_splits
 from eebench.errors import DataUnavailableError
-
-CIFAR100_FINE = (
-    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "
-    "castle caterpillar cattle chair chimpanzee clock cloud cockroach couch cra crocodile cup dinosaur dolphin "
-    "elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster "
-    "man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck "
-    "pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk "
-    "skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger "
-    "tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm").split()   # "cra" (sic) on the hub
-CIFAR100_COARSE = (
-    "aquatic_mammals fish flowers food_containers fruit_and_vegetables household_electrical_devices "
-    "household_furniture insects large_carnivores large_man-made_outdoor_things large_natural_outdoor_scenes "
-    "large_omnivores_and_herbivores medium_mammals non-insect_invertebrates people reptiles small_mammals trees "
-    "vehicles_1 vehicles_2").split()
-
-#: ILSVRC/imagenet-1k's label names: the WordNet descriptions in class order ("tench, Tinca tinca", ...),
-#: the second "crane" (517, the machine) named "crane2" so that names are unique.
-IMAGENET_NAMES = [d + ("2" if i == 517 else "") for i, d in enumerate(ImageNetInfo().label_descriptions())]
-
-#: The hub's Features: uoft-cs/cifar100, ufldl-stanford/svhn (cropped_digits), ILSVRC/imagenet-1k.
-HUB_FEATURES = {
-    "cifar100": datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=CIFAR100_FINE),
-                                   "coarse_label": datasets.ClassLabel(names=CIFAR100_COARSE)}),
-    "svhn": datasets.Features({"image": datasets.Image(),
-                               "label": datasets.ClassLabel(names=[str(i) for i in range(10)])}),
-    "imagenet": datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=IMAGENET_NAMES)}),
-}
-
-
-def tagged_image(row: int, size=(32, 32)) -> Image.Image:
-    """A random RGB image whose first two pixels encode ``row`` (so kept rows can be traced)."""
-    a = np.random.default_rng(row).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    a[0, 0, 0], a[0, 1, 0] = row % 256, row // 256
-    return Image.fromarray(a)
-
-
-def row_of(image: Image.Image) -> int:
-    a = np.asarray(image)
-    return int(a[0, 0, 0]) + 256 * int(a[0, 1, 0])
-
-
-def synthetic_split(name: str, labels: list[int], first_row: int = 0, size=(32, 32)) -> datasets.Dataset:
-    """Rows in the hub schema of ``name``: tagged images, the given labels (and a coarse label for CIFAR-100)."""
-    features = HUB_FEATURES[name]
-    image_col = "img" if name == "cifar100" else "image"
-    data = {image_col: [tagged_image(first_row + i, size) for i in range(len(labels))]}
-    if name == "cifar100":
-        data["fine_label"] = labels
-        data["coarse_label"] = [y % 20 for y in labels]
-    else:
-        data["label"] = labels
-    return datasets.Dataset.from_dict(data, features=features)
-
-
-def write_mirror(root: Path, name: str, splits: dict[str, list[int]], size=(32, 32)) -> None:
-    """``root/<name>/<split>.parquet`` for each split (labels given), as the hub's parquet files."""
-    (root / name).mkdir(parents=True, exist_ok=True)
-    start = 0
-    for split, labels in splits.items():
-        synthetic_split(name, labels, start, size).to_parquet(str(root / name / f"{split}.parquet"))
-        start += len(labels)
 
 
 @pytest.mark.parametrize("name, num_classes, size", [("cifar100", 100, (32, 32)), ("svhn", 10, (32, 32)),
@@ -144,10 +79,10 @@ def test_cifar100_lt_from_a_synthetic_mirror(tmp_path):
     assert len(set(rows)) == len(rows)
     assert all(r // 20 == y for r, y in zip(rows, train["fine_label"]))
     assert np.bincount(splits.source["test"]["fine_label"]).tolist() == [3] * 100
-    entries = list((cache / "datasets").glob("cifar100-lt-*"))
+    entries = list((cache / "derived").glob("cifar100-lt-*"))
     assert len(entries) == 1
     again = load_splits("cifar100-lt", {"imbalance_factor": 10}, data_dir=tmp_path, cache_dir=cache)
-    assert again.fingerprint == splits.fingerprint and list((cache / "datasets").glob("cifar100-lt-*")) == entries
+    assert again.fingerprint == splits.fingerprint and list((cache / "derived").glob("cifar100-lt-*")) == entries
     lt_test = load_splits("cifar100-lt", {"imbalance_factor": 10, "lt_test": True}, data_dir=tmp_path, cache_dir=cache)
     test_counts = np.bincount(lt_test.source["test"]["fine_label"], minlength=100)   # ⌊3·0.1^(i/99)⌋
     assert test_counts[0] == 3 and test_counts[99] == 0 and test_counts.sum() < 300

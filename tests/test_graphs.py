@@ -128,7 +128,7 @@ def test_derived_dataset_built_once_and_cached(tiny_mirror, mnist_test, derived_
     from eebench.data import load_splits
 
     params = {"val_fraction": 0.2, "calib_fraction": 0.2}
-    with caplog.at_level(logging.INFO, logger="eebench.graphs"):
+    with caplog.at_level(logging.INFO, logger="eebench.derived"):
         splits = load_splits("mnist-superpixels", params, tiny_mirror, derived_cache)
     assert "building" in caplog.text
     assert {s: len(i) for s, (_, i) in splits.indices.items()} == {"train": 36, "val": 12, "calib": 12, "test": 30}
@@ -138,7 +138,7 @@ def test_derived_dataset_built_once_and_cached(tiny_mirror, mnist_test, derived_
     row = test.with_format("numpy")[0]
     assert row["node_feat"].shape == (row["num_nodes"], 3) and row["edge_index"].shape == (2, 8 * row["num_nodes"])
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="eebench.graphs"):
+    with caplog.at_level(logging.INFO, logger="eebench.derived"):
         again = load_splits("mnist-superpixels", params, tiny_mirror, derived_cache)
     assert "building" not in caplog.text and again.key() == splits.key()
     assert len(list((derived_cache / "derived").glob("mnist-superpixels-*"))) == 1

@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -94,43 +96,39 @@ def test_list_reads_the_adapters(cli):
     assert "published cifar10 checkpoint cifar10_resnet56-4bfd9763.th" in line
 
 
-def _flip(path: Path, n: int = 200) -> None:
-    data = bytearray(path.read_bytes())
-    start = len(data) - 4 * n                       # inside the last tensor's bytes, past the header
-    for i in range(start, start + n):
+@contextmanager
+def _flipped(path: Path, n: int = 200) -> Iterator[None]:
+    """``path`` with n bytes inverted inside its last tensor (past the header), restored afterwards."""
+    backup = path.read_bytes()
+    data = bytearray(backup)
+    for i in range(len(data) - 4 * n, len(data) - 3 * n):
         data[i] ^= 0xFF
     path.write_bytes(bytes(data))
+    try:
+        yield
+    finally:
+        path.write_bytes(backup)
 
 
 def test_flipped_bytes_in_the_feature_cache_are_caught(cli, tmp_path, session_cache):
     assert cli("run", "--method", "threshold", "--out", tmp_path / "a")[0] == 0
     entry = session_cache / "features" / read_record(tmp_path / "a")["features"]["key"]
-    path = entry / "train.safetensors"
-    backup = path.read_bytes()
-    try:
-        _flip(path)
+    with _flipped(entry / "train.safetensors"):
         status, _, err = cli("run", "--method", "threshold", "--out", tmp_path / "b")
-        line = _one_line(err)
-        assert status == 1 and "does not match its content hash" in line and f"rm -rf {entry}" in line
-        assert not (tmp_path / "b").exists()
-    finally:
-        path.write_bytes(backup)
+    line = _one_line(err)
+    assert status == 1 and "does not match its content hash" in line and f"rm -rf {entry}" in line
+    assert not (tmp_path / "b").exists()
 
 
 def test_flipped_bytes_in_a_trained_checkpoint_are_caught(cli, tmp_path, session_cache):
     assert cli("run", "--method", "threshold", "--out", tmp_path / "a")[0] == 0
     record = read_record(tmp_path / "a")
     ckpt = Path(record["backbone"]["weights"]["source"].removeprefix("trained here: ").split(" (")[0])
-    backup = ckpt.read_bytes()
-    try:
-        _flip(ckpt)
-        # a new feature key is not needed: the checkpoint is loaded (and checked) before the cache
+    with _flipped(ckpt):   # the checkpoint is loaded (and checked) before the feature cache is read
         status, _, err = cli("run", "--method", "eenet", "--out", tmp_path / "b")
-        line = _one_line(err)
-        assert status == 1 and "does not match its content hash" in line and f"rm -r {ckpt.parent}" in line
-        assert not (tmp_path / "b").exists()
-    finally:
-        ckpt.write_bytes(backup)
+    line = _one_line(err)
+    assert status == 1 and "does not match its content hash" in line and f"rm -r {ckpt.parent}" in line
+    assert not (tmp_path / "b").exists()
 
 
 def test_another_recipe_is_another_checkpoint_and_another_run(cli, tmp_path, session_cache):

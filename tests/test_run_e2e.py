@@ -1,11 +1,13 @@
 """End-to-end runs through the CLI on real data: the offline default (digits) and CIFAR-10 with the
 published ResNet-20 weights. Quality bars are real; every number comes from the run."""
-import json
+
+import importlib.metadata
+import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import DATA_DIR, WEIGHTS_DIR, needs_shared, read_record
+from conftest import DATA_DIR, ROOT, WEIGHTS_DIR, needs_shared, read_record
 from eebench.config import resolve
 
 
@@ -33,7 +35,10 @@ def test_threshold_on_digits(cli, tmp_path):
     # splits recorded and disjoint in size with the source
     assert sum(r["splits"][k]["n"] for k in ("train", "val", "calib", "test", "policy")) == 1797
     assert set(r["timings"]) >= {"data", "backbone", "features", "fit", "metrics", "total"}
-    assert r["versions"]["torch"] and "git_revision" in r
+    assert r["versions"]["torch"] == importlib.metadata.version("torch")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    expected = (head, head + "-dirty") if head else (None,)   # the source tree that produced the numbers
+    assert r["git_revision"] in expected
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary files left
 
 

@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import read_record
+from conftest import read_record, write_mirror, write_official_checkpoint
 from eebench.backbone_training import lr_factor
-from test_datasets_hub import write_mirror
-from test_t2t_vit import write_official_checkpoint
 
 
 def test_offline_svhn_says_how_to_provide_the_data(tmp_path):
@@ -37,7 +36,8 @@ def test_svhn_chain_end_to_end(cli, tmp_path):
     runs in seconds on a CPU; the paper's setting is the same chain at 224 px."""
     rng = np.random.default_rng(0)
     data, weights, cache = tmp_path / "data", tmp_path / "weights", tmp_path / "cache"
-    write_mirror(data, "svhn", {"train": rng.integers(0, 10, 120).tolist(), "test": rng.integers(0, 10, 40).tolist()})
+    test_labels = rng.integers(0, 10, 40).tolist()
+    write_mirror(data, "svhn", {"train": rng.integers(0, 10, 120).tolist(), "test": test_labels})
     weights.mkdir()
     ema = write_official_checkpoint(weights / "71.7_T2T_ViT_7.pth.tar", "t2t_vit_7")
     common = ["--data-dir", data, "--cache-dir", cache]
@@ -86,8 +86,13 @@ def test_svhn_chain_end_to_end(cli, tmp_path):
     assert {name: s["n"] for name, s in record["splits"].items()} == {"train": 90, "val": 9, "calib": 12, "test": 40,
                                                                       "policy": 9}
     assert len(record["operating_points"]) == 2
-    for point in record["operating_points"]:
-        assert 0.0 <= point["accuracy"] <= 1.0 and abs(sum(point["exit_shares"]) - 1.0) < 1e-6
+    # each point's figures are those of its 40 per-sample decisions
+    s = np.load(tmp_path / "o1" / record["run_id"] / "samples.npz")
+    assert sorted(s["labels"].tolist()) == sorted(test_labels)
+    for i, point in enumerate(record["operating_points"]):
+        assert point["accuracy"] == np.mean(s["prediction"][i] == s["labels"])
+        assert point["exit_shares"] == pytest.approx(np.bincount(s["exit_index"][i], minlength=7) / 40)
+        assert point["cost"] == pytest.approx(np.asarray(costs)[s["exit_index"][i]].mean())
 
 
 def test_learning_rate_schedule():

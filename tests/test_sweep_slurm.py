@@ -19,7 +19,7 @@ import pytest
 import yaml
 from filelock import FileLock
 
-from eebench.sweep import expand, load_grid
+from eebench.grids import expand, load_grid
 from conftest import SMOKE, check_record
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(900),
@@ -201,7 +201,8 @@ def test_failed_feature_job_cancels_its_run_array(tmp_path, partition, session_c
                           env=_env(session_cache), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "2 runs: 0 already recorded, 0 finished now, 2 failed" in proc.stdout
-    assert proc.stdout.count("feature stage digits/vit_digits failed: UsageError: vit_digits has no published") == 2
+    assert proc.stdout.count("feature stage digits/vit_digits failed: UsageError: vit_digits has no published") == 1
+    assert "  2 runs (" in proc.stdout
     manifest = json.loads((logs / "sweep.json").read_text())
     feature = next(j for j in manifest["jobs"] if j["kind"] == "features")
     assert f"log: {feature['log']}" in proc.stdout and "Traceback" in Path(feature["log"]).read_text()

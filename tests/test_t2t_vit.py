@@ -1,58 +1,15 @@
 """T2T-ViT-7/14: size and Mul-Adds against the T2T-ViT paper, the official checkpoint layout through
 the checkpoint filter, the Performer T2T layer against its equation, and the exit adapter."""
-import argparse
 import math
 
 import pytest
 import timm
 import torch
 
+from conftest import OFFICIAL, official_shapes, write_official_checkpoint
 from eebench.backbones import BACKBONES, create_model
 from eebench.backbones.t2t_vit import T2TViTExits, TokenPerformer, sinusoid_table, token_grid
 from eebench.costs import module_muladds, profile_exits
-
-# (embed_dim, depth, mlp_ratio) of the official factories; T2T token_dim 64; 224 px → 14×14 tokens.
-OFFICIAL = {"t2t_vit_7": (256, 7, 2), "t2t_vit_14": (384, 14, 3)}
-
-
-def official_shapes(name: str, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
-    """The state-dict keys and shapes of the official T2T_ViT (tokens_type='performer', qkv_bias=False),
-    written out from yitu-opensource/T2T-ViT models/t2t_vit.py, token_performer.py, transformer_block.py."""
-    D, depth, r = OFFICIAL[name]
-    shapes: dict[str, tuple[int, ...]] = {"cls_token": (1, 1, D), "pos_embed": (1, 197, D)}
-    for layer, dim in (("attention1", 3 * 7 * 7), ("attention2", 64 * 3 * 3)):
-        p = f"tokens_to_token.{layer}."
-        shapes.update({p + "kqv.weight": (192, dim), p + "kqv.bias": (192,), p + "proj.weight": (64, 64),
-                       p + "proj.bias": (64,), p + "norm1.weight": (dim,), p + "norm1.bias": (dim,),
-                       p + "norm2.weight": (64,), p + "norm2.bias": (64,), p + "mlp.0.weight": (64, 64),
-                       p + "mlp.0.bias": (64,), p + "mlp.2.weight": (64, 64), p + "mlp.2.bias": (64,),
-                       p + "w": (32, 64)})
-    shapes.update({"tokens_to_token.project.weight": (D, 576), "tokens_to_token.project.bias": (D,)})
-    for i in range(depth):
-        p = f"blocks.{i}."
-        shapes.update({p + "norm1.weight": (D,), p + "norm1.bias": (D,), p + "attn.qkv.weight": (3 * D, D),
-                       p + "attn.proj.weight": (D, D), p + "attn.proj.bias": (D,), p + "norm2.weight": (D,),
-                       p + "norm2.bias": (D,), p + "mlp.fc1.weight": (r * D, D), p + "mlp.fc1.bias": (r * D,),
-                       p + "mlp.fc2.weight": (D, r * D), p + "mlp.fc2.bias": (D,)})
-    shapes.update({"norm.weight": (D,), "norm.bias": (D,), "head.weight": (num_classes, D),
-                   "head.bias": (num_classes,)})
-    return shapes
-
-
-def write_official_checkpoint(path, name: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A file in the format of the released ``*.pth.tar``: a timm training checkpoint with
-    ``state_dict`` and ``state_dict_ema`` (keys prefixed ``module.``) and the run's argparse
-    namespace. Random weights; returns the EMA tensors (unprefixed)."""
-    g = torch.Generator().manual_seed(seed)
-    shapes = official_shapes(name)
-    ema = {k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}
-    raw = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
-    torch.save({"epoch": 309, "arch": name, "version": 2, "metric": 71.7,
-                "args": argparse.Namespace(model=name, lr=1e-3, img_size=224),
-                "state_dict": {"module." + k: v for k, v in raw.items()},
-                "state_dict_ema": {"module." + k: v for k, v in ema.items()}}, path)
-    return ema
-
 
 @pytest.mark.parametrize("name, paper_params, paper_muladds", [
     ("t2t_vit_7", 4.3e6, 1.1e9),

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from eebench.backbones import BackboneSpec, register_backbone
 from eebench.backbones.base import ExitAdapter, MLPExit
 
 __all__ = ["CifarResNet", "CifarResNetExits", "checkpoint_filter_fn"]
@@ -121,19 +122,11 @@ class CifarResNetExits(ExitAdapter):
     one after every third (blocks 3, 6, …, 27); the adapter's "block" k is the run of residual
     blocks between exits k−1 and k.
 
-    Why not an exit after each of ResNet-56's 27 blocks: JEI-DNN's constrained-sum exit
-    distribution (``methods.md`` §6) spends 1 − Σ_{j<l} g_j, and its gates, trained on the
-    cumulative targets 1[l ≥ l*], learn g_l ≈ P(l* ≤ l). With 26 gates those add up past 1 for every
-    sample (val, λ = 0.01: Σ_l mean g_l ≈ 2.1), so every sample left by exit 23 and JEI-DNN stopped at
-    cost 0.76 and 78.8 % test accuracy (3 seeds; threshold 84.9 %). With 9 exits, measured on val, it
-    reaches 84.0 % at cost 0.71 (val backbone 84.7 %). Nine exits is also the density of the papers'
-    settings (T2T-ViT-7: 7 exits, T2T-ViT-14: 14, MSDNet: 5), and it is the same for every method.
+    Why 9 exits and not one per block: ``docs/decisions.md`` M5.
 
     IM input after exit k < K: the last block's output average-pooled to ``pool × pool`` and
     flattened, ``D_k = channels_k · pool²``; IM: one hidden layer of ``hidden`` units
-    (:class:`MLPExit`). The design notes (``../shared/docs/design.md``) measured this IM against a
-    linear IM on the globally pooled map on ResNet-56 / CIFAR-10: 44/60/83 % against 28/45/81 % IM
-    accuracy at the end of stages 1/2/3.
+    (:class:`MLPExit`), the IM that ``../shared/docs/design.md`` measured against a linear one.
     """
 
     def __init__(self, model: CifarResNet, pool: int = 4, hidden: int = 256, exits_per_stage: int = 3):
@@ -207,3 +200,11 @@ def cifar_resnet20(pretrained: bool = False, **kwargs) -> CifarResNet:
 def cifar_resnet56(pretrained: bool = False, **kwargs) -> CifarResNet:
     """CIFAR ResNet-56 (0.85 M parameters, 126 M Mul-Adds at 32 px)."""
     return _create("cifar_resnet56", 56, pretrained, **kwargs)
+
+
+for _depth in (20, 56):
+    register_backbone(BackboneSpec(
+        name=f"cifar_resnet{_depth}", adapter=CifarResNetExits, description=f"CIFAR ResNet-{_depth} (option A)",
+        weights_file=WEIGHT_FILES[f"cifar_resnet{_depth}"], pretrained_on="cifar10",
+        recipe={"epochs": 30, "lr": 0.1, "weight_decay": 1e-4, "batch_size": 128, "augment": "crop_flip"}),
+        aliases=(f"resnet{_depth}",))

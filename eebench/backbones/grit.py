@@ -6,14 +6,13 @@ probabilities (RRWP, Eq. 1: ``P_ij = [I, M, …, M^{K−1}]_ij``), with the RRWP
 node-level positional encoding. Kept from GRIT: RRWP as the only structural input, pair encodings
 that modulate the attention scores multiplicatively and additively (the roles of GRIT's ``W_Ew``
 and ``W_Eb``, Eq. 2), a node encoder standardised by batch norm over the real nodes (GraphGPS's
-``BatchNorm1dNode``), mean pooling. Changed so that it trains on a 2-core CPU, and said so:
+``BatchNorm1dNode``), mean pooling. Changed, to train on a CPU (``docs/decisions.md`` B2):
 
 - the pair encodings are the raw RRWP vectors projected afresh by every layer; GRIT embeds them
   into D-wide pair states updated in every layer (``N²·D²`` Mul-Adds per layer, 25 M at N = 70);
 - the scores are dot-product scores scaled and shifted per head by the pair projection, instead
   of GRIT's ``w_A · ρ((W_Q x_i + W_K x_j) ⊙ W_Ew e_ij) + W_Eb e_ij`` on D-wide pair states;
-- no attended-pair term in the values (GRIT's ``W_Ev``): computing ``Σ_j α_ij P_ij`` doubled the
-  time of the attention layer on this CPU;
+- no attended-pair term in the values (GRIT's ``W_Ev``, ``Σ_j α_ij P_ij``);
 - pre-norm LayerNorm blocks instead of BatchNorm with GRIT's degree scaler (every node has
   out-degree 8 here), 6 blocks of width 64 (GRIT's MNIST model: 3 of width 52), a Linear head.
 
@@ -43,6 +42,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 from torch.utils.data import Dataset
 
+from eebench.backbones import BackboneSpec, register_backbone
 from eebench.backbones.base import ExitAdapter
 from eebench.data import DataSplits
 from eebench.errors import ConfigError
@@ -253,3 +253,12 @@ def grit(pretrained: bool = False, **kwargs) -> GraphTransformer:
     args = dict(num_classes=10, in_features=3, rrwp_steps=8, embed_dim=64, depth=6, num_heads=4, mlp_ratio=2.0)
     # timm fills in_chans from its image-shaped default config; a graph model has node features instead
     return build_model_with_cfg(GraphTransformer, "grit", pretrained, kwargs_filter=("in_chans",), **{**args, **kwargs})
+
+
+# trained here from scratch; AdamW as GRIT's MNIST recipe (which runs 200 epochs on a GPU; fewer here)
+register_backbone(BackboneSpec(
+    name="grit", adapter=GritExits, pipeline=GraphPipeline(),
+    description="GRIT-style graph transformer (RRWP-conditioned attention, 6 blocks, width 64) on superpixel graphs",
+    recipe={"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "epochs": 15, "batch_size": 128,
+            "warmup_epochs": 1, "augment": "none", "num_workers": 1}),
+    aliases=("grit_mnist",))

@@ -11,6 +11,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from eebench.backbones import BackboneSpec, register_backbone
 from eebench.backbones.base import ExitAdapter
 
 __all__ = ["ViTExits", "vit_digits"]
@@ -63,3 +64,10 @@ def vit_digits(pretrained: bool = False, **kwargs) -> VisionTransformer:
     args = dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=64, depth=6,
                 num_heads=4, mlp_ratio=2.0, class_token=True, global_pool="token")
     return build_model_with_cfg(VisionTransformer, "vit_digits", pretrained, **{**args, **kwargs})
+
+
+register_backbone(BackboneSpec(
+    name="vit_digits", adapter=ViTExits, train_on_first_use=True, description="ViT depth 6, width 64 on 8x8 digits",
+    # one thread: the weights are the same on every machine of this CPU kind (docs/decisions.md, R1)
+    recipe={"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "epochs": 100, "batch_size": 64,
+            "augment": "none", "num_workers": 0, "num_threads": 1}))

@@ -201,7 +201,7 @@ class _Samples:
 
     def get(self, run_id: str, point: int, what: str) -> np.ndarray | None:
         r = self.rows.get((run_id, point))
-        if r is None:
+        if r is None or (point < 0 and what != "auc"):          # −1: no point deployed (or the AUC row)
             return None
         if what == "auc":
             return r.auc_score.astype(np.float64) / SCORE_LEVELS

@@ -16,13 +16,16 @@ E_K = z_K + γ·E_{K−1} (``final_exit: ensemble``, the default); ``final_exit:
 with z_K alone, an ablation for a final head that was not trained as a booster. The original's
 gradient rescaling only matters when the backbone trains; the backbone is frozen here, so it is
 omitted. The IMs train from scratch with this loss for the shared IM stage's number of epochs and
-recipe (:attr:`eebench.method.ExitTask.im_schedule`), kept at the epoch of the lowest summed val error of their ensembles.
+recipe (:attr:`eebench.method.ExitTask.im_schedule`) at the official batch of 64, the stage's learning
+rate scaled linearly to it, kept at the epoch of the lowest summed val error of their ensembles
+(``docs/decisions.md`` M7).
 Exits are chosen by the MSDNet threshold search on softmax(E_k) on the policy split, one
 operating point per budget level q (:class:`eebench.exit_policy.ThresholdPolicy`); the gates cost
 nothing.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import torch
@@ -33,7 +36,7 @@ from eebench.errors import ConfigError
 from eebench.exit_policy import Q_GRID, ThresholdPolicy
 from eebench.features import SplitFeatures
 from eebench.method import ExitMethod, ExitTask, register_method
-from eebench.params import NON_NEGATIVE, POSITIVE, Each, OneOf
+from eebench.params import NON_NEGATIVE, POSITIVE, Each, OneOf, Range
 from eebench.training import SGDSchedule, all_exit_logits, eval_mode, train_ims
 
 FINAL_EXITS = ("ensemble", "backbone")
@@ -119,8 +122,14 @@ class Boosted(ExitMethod):
     name = "boosted"
     aliases = ("boostednet", "boosted-net")
     paper = "Yu et al., AAAI 2023 (Boosted Dynamic Neural Networks)"
-    parameters: dict[str, Any] = {"gamma": 0.5, "final_exit": "ensemble", "q_grid": Q_GRID}
-    constraints = {"gamma": NON_NEGATIVE, "final_exit": OneOf(FINAL_EXITS), "q_grid": Each(POSITIVE)}
+    parameters: dict[str, Any] = {
+        "gamma": 0.5,
+        "final_exit": "ensemble",
+        "batch_size": 64,          # the official recipe's; the IM stage's lr scaled linearly to it (decisions M7)
+        "q_grid": Q_GRID,
+    }
+    constraints = {"gamma": NON_NEGATIVE, "final_exit": OneOf(FINAL_EXITS), "batch_size": Range(1),
+                   "q_grid": Each(POSITIVE)}
     grid = {"gamma": [0.25, 0.5, 0.75, 1.0]}
     test_parameters: dict[str, Any] = {}
 
@@ -128,8 +137,10 @@ class Boosted(ExitMethod):
         gamma, final_exit = float(params["gamma"]), params["final_exit"]
         torch.manual_seed(seed)
         ims = task.make_ims()
-        with task.progress("boosted", task.im_schedule.epochs) as bar:
-            train_boosted_ims(ims, task.train, task.val, gamma, task.im_schedule, torch.Generator().manual_seed(seed),
+        stage, batch = task.im_schedule, int(params["batch_size"])
+        schedule = dataclasses.replace(stage, batch_size=batch, lr=stage.lr * batch / stage.batch_size)
+        with task.progress("boosted", schedule.epochs) as bar:
+            train_boosted_ims(ims, task.train, task.val, gamma, schedule, torch.Generator().manual_seed(seed),
                               where=f"boosted (gamma={gamma}): IM training", progress=bar)
         return ThresholdPolicy(lambda split: boosted_probs(ims, split, gamma, final_exit), task.policy,
                                params["q_grid"])

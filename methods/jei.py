@@ -45,7 +45,7 @@ from eebench.training import (SGD_CONSTRAINTS, SGD_DEFAULTS, SGDSchedule, Stacke
 
 #: methods.md's grid (0.01 … 5) extended at both ends, so that every setting has points near cost 1 and
 #: near its first exit's cost (docs/decisions.md).
-LAMBDAS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0]
+LAMBDAS = [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0]
 
 
 def gate_features(logits: torch.Tensor) -> torch.Tensor:

@@ -70,8 +70,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                  args.runs_per_task, args.log_dir, wait=not args.no_wait,
                                  progress=lambda m: log.info("%s", m))
     except KeyboardInterrupt:
-        print("interrupted: SLURM jobs already submitted keep running (squeue); gather their records with "
-              "--collect, or rerun this command, which skips every run that has a record", file=sys.stderr)
+        if args.launcher == "inline":
+            print("interrupted: finished runs keep their records, the interrupted one wrote nothing; rerun this "
+                  "command to run the rest (it skips every run that has a record)", file=sys.stderr)
+        else:
+            print("interrupted: SLURM jobs already submitted keep running (squeue); gather their records with "
+                  "--collect, or rerun this command, which skips every run that has a record", file=sys.stderr)
         return 130
     print(report.summary())
     return 0 if report.ok else 1

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import DATA_DIR, WEIGHTS_DIR, needs_shared, read_record
+from conftest import DATA_DIR, WEIGHTS_DIR, check_record, needs_shared, read_record
 
 EEBENCH = Path(sys.executable).parent / "eebench"
 
@@ -174,3 +174,26 @@ def test_interrupt_exits_cleanly_and_fast(tmp_path, session_cache, sig, status, 
     assert not (tmp_path / "out").exists()
     leftovers = [p for p in session_cache.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp")]
     assert not leftovers
+
+
+@pytest.mark.slow
+def test_interrupted_inline_sweep_keeps_finished_records_and_says_how_to_resume(tmp_path, session_cache):
+    env = {**os.environ, "EEBENCH_CACHE_DIR": str(session_cache), "TQDM_DISABLE": "1"}
+    out, grid = tmp_path / "out", tmp_path / "g.yaml"
+    grid.write_text("datasets: [digits]\nseeds: [0]\nim_params: {epochs: 200}\n"
+                    "methods:\n  threshold: {}\n  l2w: {batch_size: 16}\n")          # a quick run, then a long one
+    proc = subprocess.Popen([str(EEBENCH), "sweep", str(grid), "--launcher", "inline", "--out", str(out)], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 300
+    while not list(out.glob("*/record.json")):                   # interrupt once a run has finished
+        assert proc.poll() is None and time.monotonic() < end
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("interrupted: finished runs keep their records")
+    records = [json.loads(p.read_text()) for p in out.glob("*/record.json")]
+    assert [r["config"]["method"] for r in records] == ["threshold"]       # the interrupted l2w wrote nothing
+    check_record(records[0])
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp")]

@@ -18,11 +18,11 @@ The recipe of a run is :data:`RECIPE_DEFAULTS`, then the backbone's ``recipe``, 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from eebench.data import DataSplits
 from eebench.errors import ConfigError, CorruptCacheError, NonFiniteLossError
 from eebench.integrity import load_verified, save_hashed
 from eebench.params import AT_LEAST_ONE, FRACTION, MOMENTUM, NON_NEGATIVE, POSITIVE, Constraint, OneOf, Optional
-from eebench.records import write_json
+from eebench.records import write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +181,9 @@ def _to(x: Any, device: torch.device) -> Any:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_atomic(path, buf.getvalue())
 
 
 def train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, overrides: dict[str, Any] | None = None,
@@ -331,9 +331,7 @@ def _train_loop(spec: Any, splits: DataSplits, recipe: dict[str, Any], folder: P
                  state["epoch"], recipe["epochs"], val_acc, time.time() - t0)
         if val_acc > state["best_val"]:
             state["best_val"], state["best_epoch"] = val_acc, state["epoch"]
-            tmp = best_path.with_suffix(".tmp")
-            save_hashed({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-            os.replace(tmp, best_path)
+            save_hashed({k: v.detach().cpu() for k, v in model.state_dict().items()}, best_path)
         _atomic_torch_save({"model": {k: v.cpu() for k, v in model.state_dict().items()},
                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state,
                             "recipe": recipe, "rng": torch.get_rng_state()}, last)
@@ -345,9 +343,7 @@ def _train_loop(spec: Any, splits: DataSplits, recipe: dict[str, Any], folder: P
             "train_seconds": state["seconds"], "history": state["history"],
             "epochs_done": state["epoch"], "complete": state["epoch"] >= recipe["epochs"]}
     if best_path.exists():
-        tmp = final.with_suffix(".tmp")
-        shutil.copyfile(best_path, tmp)
-        os.replace(tmp, final)
+        write_atomic(final, best_path.read_bytes())
     write_json(folder / "meta.json", meta)
     log.info("backbone: %s on %s: val accuracy %.4f (epoch %d), %.0f s", spec.name, splits.spec.name,
              state["best_val"], state["best_epoch"], state["seconds"])
@@ -374,9 +370,7 @@ def load_trained(backbone: str, splits: DataSplits, cache_dir: Path, recipe: dic
             if "carries no content hash" not in str(e):
                 raise
             state = load_file(str(path))
-            tmp = path.with_suffix(".tmp")
-            save_hashed(state, tmp)
-            os.replace(tmp, path)
+            save_hashed(state, path)
             log.info("backbone: %s had no content hash; added", path)
         model.load_state_dict(state)
     except Exception as e:

@@ -15,8 +15,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -108,14 +106,7 @@ class IMStage:
         with self.progress("IM stage", schedule.epochs) as bar:
             meta = train_ims(ims, self.train, schedule, torch.Generator().manual_seed(self.seed), "IM stage",
                              progress=bar, select_on=self.val, patience=int(self.params["patience"]))
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.key}.", suffix=".tmp", dir=self.folder)
-        os.close(fd)
-        try:
-            save_hashed(ims.state_dict(), tmp, metadata={"eebench_im_stage": json.dumps(meta)})
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_hashed(ims.state_dict(), self.path, metadata={"eebench_im_stage": json.dumps(meta)})
         self._meta, self._reused = meta, False
         log.info("IM stage: trained %d epochs (best per IM %s), cached %s", meta["epochs"], meta["best_epochs"],
                  self.path)

@@ -6,6 +6,8 @@ tampering) and fast enough to check every load (about 16 GB/s here).
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -22,9 +24,18 @@ def digest(tensor: torch.Tensor) -> str:
 
 
 def save_hashed(tensors: dict[str, torch.Tensor], path: Path | str, metadata: dict[str, str] | None = None) -> None:
-    """``safetensors.torch.save_file`` with each tensor's digest in the metadata."""
+    """``safetensors.torch.save_file`` with each tensor's digest in the metadata, written atomically
+    (a temporary file in the same folder, then ``os.replace``; removed if the write fails)."""
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    save_file(tensors, str(path), metadata={**(metadata or {}), **{PREFIX + k: digest(v) for k, v in tensors.items()}})
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={**(metadata or {}), **{PREFIX + k: digest(v) for k, v in tensors.items()}})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_verified(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -19,6 +19,7 @@ configured. A source without a test split gives ``test`` from its pool too.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import logging
@@ -33,7 +34,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from eebench.errors import ConfigError, DataUnavailableError
-from eebench.params import FRACTION, NON_NEGATIVE, Constraint, OneOf
+from eebench.params import FRACTION, NON_NEGATIVE, Constraint, OneOf, Range
 from eebench.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,12 @@ SPLIT_PARAMETERS: dict[str, Any] = {
     "test_fraction": 0.20,  # only for sources without a test split
     "holdout": "auto",      # where val and calib come from: train | test | auto (by backbone)
     "policy_fraction": 0.5,  # of val, where exit policies learn (0: they learn on train); the rest selects
+    "train_fraction": 1.0,   # of train kept (stratified by class, seeded): a first look at a new setting
 }
 SPLIT_CONSTRAINTS: dict[str, Constraint] = {"split_seed": NON_NEGATIVE, "val_fraction": FRACTION,
                                             "calib_fraction": FRACTION, "test_fraction": FRACTION,
-                                            "holdout": OneOf(("auto", "train", "test")), "policy_fraction": FRACTION}
+                                            "holdout": OneOf(("auto", "train", "test")), "policy_fraction": FRACTION,
+                                            "train_fraction": Range(0, 1, open_lo=True)}
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,10 @@ class DatasetSpec:
         parameters: dataset-specific parameters and defaults, on top of :data:`SPLIT_PARAMETERS`.
         parameter_constraints: what those allow (:mod:`eebench.params`).
         bundled: the data ship with a dependency (``--data-dir`` does not apply).
+        hflip_invariant: declared: a horizontal flip preserves every class (True for natural images,
+            False for digits); None where nobody declared it (training recipes then do not flip).
+        generic: the input and label columns and C are read from the data (``hf:`` ids and folders,
+            :mod:`eebench.datasets.generic`); ``num_classes`` is 0 until then.
     """
 
     name: str
@@ -84,6 +91,8 @@ class DatasetSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     parameter_constraints: dict[str, Constraint] = field(default_factory=dict)
     bundled: bool = False
+    hflip_invariant: bool | None = None
+    generic: bool = False
 
     def default_parameters(self) -> dict[str, Any]:
         return {**SPLIT_PARAMETERS, **self.parameters}
@@ -126,19 +135,22 @@ def dict_fingerprint(ds: datasets.DatasetDict) -> str:
     return hashlib.sha256("".join(f"{s}:{d._fingerprint}" for s, d in sorted(ds.items())).encode()).hexdigest()[:16]
 
 
-def load_mirror(spec: DatasetSpec, root: Path) -> tuple[datasets.DatasetDict, str]:
-    """``root/<name>/{train,test}.parquet`` in the hub's schema, and a fingerprint of the files' bytes.
+def load_mirror(spec: DatasetSpec, root: Path | None, folder: Path | None = None,
+                splits: tuple[str, ...] = ("train", "test")) -> tuple[datasets.DatasetDict, str]:
+    """``root/<name>/{train,test}.parquet`` (or ``folder/<split>.parquet`` for each of ``splits``) in
+    the hub's schema, and a fingerprint of the files' bytes.
 
     Raises:
         DataUnavailableError: no ``train.parquet``, or an unreadable file.
     """
-    folder = root / spec.name
-    files = {s: folder / f"{s}.parquet" for s in ("train", "test")}
+    folder = Path(folder) if folder is not None else Path(root) / spec.name
+    files = {s: folder / f"{s}.parquet" for s in splits}
     files = {s: p for s, p in files.items() if p.exists()}
     if "train" not in files:
+        what = f"({spec.hub_id})" if spec.hub_id else "in the hub's schema"
         raise DataUnavailableError(
-            f"no local mirror of '{spec.name}' at {folder}/train.parquet: put the hub's parquet files "
-            f"there ({spec.hub_id}), or drop --data-dir / EEBENCH_DATA_DIR to load from the hub")
+            f"no local mirror of '{spec.name}' at {folder}/train.parquet: put the hub's parquet files there "
+            f"{what}, or drop --data-dir / EEBENCH_DATA_DIR to load from the hub")
     try:
         ds = datasets.load_dataset("parquet", data_files={s: str(p) for s, p in files.items()})
     except Exception as e:  # a truncated or foreign file
@@ -222,15 +234,17 @@ class DataSplits:
         return h.hexdigest()[:16]
 
 
-def make_splits(n_train_source: int, n_test_source: int | None, params: dict[str, Any]
-                ) -> dict[str, tuple[str, np.ndarray]]:
+def make_splits(n_train_source: int, n_test_source: int | None, params: dict[str, Any],
+                n_validation_source: int | None = None) -> dict[str, tuple[str, np.ndarray]]:
     """Carve train / val / calib / test from the source splits with ``params['split_seed']``.
 
     With ``holdout: train`` (or ``auto``), ``val`` and ``calib`` take ``round(n · fraction)`` rows of
     the source's train split and ``train`` the rest; ``test`` is the source's test split. With
     ``holdout: test``, they are carved from the test split instead and ``train`` is the whole train
-    split. A source without a test split (``n_test_source is None``) gives ``test`` from the train
-    split too (``test_fraction``). Deterministic for a seed.
+    split. A source with a ``validation`` split (``n_validation_source``; not with ``holdout: test``)
+    gives ``val`` and ``calib`` from it, divided in the ratio ``val_fraction : calib_fraction``, and
+    ``train`` is the whole train split. A source without a test split (``n_test_source is None``)
+    gives ``test`` from the train split too (``test_fraction``). Deterministic for a seed.
 
     Returns:
         split name → (source split, sorted int64 row indices).
@@ -245,11 +259,27 @@ def make_splits(n_train_source: int, n_test_source: int | None, params: dict[str
     holdout = params.get("holdout", "auto")
     if holdout not in ("auto", "train", "test"):
         raise ConfigError(f"dataset.holdout={holdout!r}: must be train, test or auto")
+    seed = int(params["split_seed"])
+    if n_validation_source and holdout != "test":
+        if fr["val"] <= 0.0:
+            raise ConfigError("dataset.val_fraction=0 leaves val empty")
+        perm = np.random.default_rng(seed).permutation(n_validation_source)
+        n_val = round(n_validation_source * fr["val"] / (fr["val"] + fr["calib"]))
+        out = {"val": ("validation", np.sort(perm[:n_val])), "calib": ("validation", np.sort(perm[n_val:]))}
+        if n_test_source is None:
+            perm = np.random.default_rng([seed, 2]).permutation(n_train_source)
+            n_test = round(n_train_source * fr["test"])
+            if not 0 < n_test < n_train_source:
+                raise ConfigError(f"dataset.test_fraction={fr['test']} leaves an empty split of {n_train_source} rows")
+            out.update(test=("train", np.sort(perm[:n_test])), train=("train", np.sort(perm[n_test:])))
+        else:
+            out.update(test=("test", np.arange(n_test_source)), train=("train", np.arange(n_train_source)))
+        return {name: out[name] for name in SPLITS}
     if n_test_source is None or holdout != "test":
         pool_name, n_pool, rest_name = "train", n_train_source, "train"
     else:
         pool_name, n_pool, rest_name = "test", n_test_source, "test"
-    perm = np.random.default_rng(int(params["split_seed"])).permutation(n_pool)
+    perm = np.random.default_rng(seed).permutation(n_pool)
     sizes = {"val": round(n_pool * fr["val"]), "calib": round(n_pool * fr["calib"])}
     if n_test_source is None:
         sizes = {"test": round(n_pool * fr["test"]), **sizes}
@@ -267,6 +297,30 @@ def make_splits(n_train_source: int, n_test_source: int | None, params: dict[str
         if n_test_source is not None:
             out["test"] = ("test", np.arange(n_test_source))
     return {name: out[name] for name in SPLITS}
+
+
+def subsample_train(indices: dict[str, tuple[str, np.ndarray]], labels: np.ndarray, fraction: float, seed: int
+                    ) -> dict[str, tuple[str, np.ndarray]]:
+    """Keep ``fraction`` of the ``train`` rows, stratified by class (scikit-learn's
+    ``train_test_split``), seeded; the other splits are unchanged.
+
+    Args:
+        labels: the class of every row of ``train``'s source split, ``[N_source]``.
+
+    Raises:
+        ConfigError: ``fraction`` leaves fewer rows than classes, or a class with one row.
+    """
+    if fraction >= 1.0:
+        return indices
+    from sklearn.model_selection import train_test_split
+
+    src, idx = indices["train"]
+    try:
+        keep, _ = train_test_split(idx, train_size=fraction, stratify=labels[idx], random_state=seed)
+    except ValueError as e:
+        raise ConfigError(f"dataset.train_fraction={fraction} cannot be stratified over {len(idx)} train rows "
+                          f"({e}); raise it") from None
+    return {**indices, "train": (src, np.sort(keep))}
 
 
 def policy_rows(n_val: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -324,10 +378,69 @@ def load_splits(name: str, params: dict[str, Any] | None = None, data_dir: Path 
     spec = DATASETS.get(name)
     params = {**spec.default_parameters(), **(params or {})}
     source, fingerprint = load_source(spec, data_dir, cache_dir, params)
+    if spec.generic:
+        spec = read_schema(spec, source, params)
     check_schema(spec, source)
     n_test = len(source["test"]) if "test" in source else None
-    indices = make_splits(len(source["train"]), n_test, params)
+    n_validation = len(source["validation"]) if "validation" in source else None
+    indices = make_splits(len(source["train"]), n_test, params, n_validation)
+    if float(params.get("train_fraction", 1.0)) < 1.0:
+        labels = np.asarray(source[indices["train"][0]][spec.label_column])
+        indices = subsample_train(indices, labels, float(params["train_fraction"]), int(params["split_seed"]))
     return DataSplits(spec, source, indices, fingerprint, params)
+
+
+def read_schema(spec: DatasetSpec, source: datasets.DatasetDict, params: dict[str, Any]) -> DatasetSpec:
+    """The spec of a generic dataset with its columns and C read from the data: the input is the
+    first ``Image`` feature, the label the first ``ClassLabel`` (``dataset.image_column`` /
+    ``dataset.label_column`` choose others), C the number of the ``ClassLabel``'s names.
+
+    Raises:
+        DataUnavailableError: no ``Image`` or no ``ClassLabel`` column (or the named one is not one).
+    """
+    features = source["train"].features
+
+    def pick(kind: type, key: str) -> str:
+        named = params.get(key)
+        found = [c for c, f in features.items() if isinstance(f, kind)]
+        if named is not None:
+            if not isinstance(features.get(named), kind):
+                raise DataUnavailableError(
+                    f"dataset.{key}={named!r}: '{spec.name}' has no {kind.__name__} column of that name; its "
+                    f"{kind.__name__} columns: {found or 'none'} (all: {list(features)})")
+            return named
+        if not found:
+            columns = {c: type(f).__name__ for c, f in features.items()}
+            raise DataUnavailableError(
+                f"'{spec.name}' has no {kind.__name__} column (columns: {columns}): an image-classification "
+                f"dataset needs one; cast the column to {kind.__name__} in the files (datasets' cast_column), "
+                f"then name it with --set dataset.{key}=COLUMN")
+        return found[0]
+
+    image, label = pick(datasets.Image, "image_column"), pick(datasets.ClassLabel, "label_column")
+    return dataclasses.replace(spec, image_column=image, label_column=label,
+                               num_classes=len(features[label].names))
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a backbone must know of a dataset's images, read from the first train image.
+
+    Attributes:
+        channels: 1 for greyscale (PIL modes L, 1, I, F), 3 otherwise.
+        height, width: pixels.
+    """
+
+    channels: int
+    height: int
+    width: int
+
+
+def image_info(splits: DataSplits) -> ImageInfo:
+    """:class:`ImageInfo` of ``splits``' first train image."""
+    src, idx = splits.indices["train"]
+    image = splits.source[src][int(idx[0])][splits.spec.image_column]
+    return ImageInfo(1 if image.mode in ("L", "1", "I", "I;16", "F") else 3, image.height, image.width)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ Environment variables (each overridden by the matching CLI option):
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -61,3 +62,10 @@ def weights_dir(override: str | os.PathLike | None = None) -> Path | None:
     """The local checkpoint folder: ``override``, else ``$EEBENCH_WEIGHTS_DIR``, else None (use URLs)."""
     root = override or os.environ.get("EEBENCH_WEIGHTS_DIR")
     return Path(root).expanduser() if root else None
+
+
+def slug(name: str) -> str:
+    """``name`` as one file-name component: runs of characters other than letters, digits, ``.``,
+    ``_`` and ``-`` become ``_`` (``hf:ylecun/mnist`` → ``hf_ylecun_mnist``); registered names are
+    unchanged."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")

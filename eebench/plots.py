@@ -385,8 +385,10 @@ def fig_accuracy_all(df: pd.DataFrame, colours: dict[str, Any]) -> Any:
 
 
 def setting_dir(out_dir: Path, dataset: str, backbone: str) -> Path:
-    """``out_dir/<dataset>_<backbone>``: where the figures of a setting go."""
-    return Path(out_dir) / f"{dataset}_{backbone}"
+    """``out_dir/<dataset>_<backbone>`` (as file-name components): where the figures of a setting go."""
+    from eebench.paths import slug
+
+    return Path(out_dir) / f"{slug(dataset)}_{slug(backbone)}"
 
 
 def plot_all(df: pd.DataFrame, out_dir: Path) -> list[Path]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-from typing import Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 from eebench.errors import UnknownNameError
 
@@ -32,6 +32,9 @@ class Registry(Generic[T]):
         self._discovered = package is None
         self._items: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
+        self._resolvers: list[Callable[[str], tuple[str, T] | None]] = []
+        self._resolved: set[str] = set()   # names a resolver answered: not listed by names()
+        self._forms: list[str] = []
 
     def discover(self) -> "Registry[T]":
         """Import every plugin module of :attr:`package` once (each registers itself)."""
@@ -52,27 +55,49 @@ class Registry(Generic[T]):
             self._aliases[alias] = name
         return obj
 
+    def add_resolver(self, resolver: Callable[[str], tuple[str, T] | None], form: str) -> None:
+        """Answer names no plugin registered (``timm:NAME``, ``hf:OWNER/NAME``, a folder):
+        ``resolver(name)`` returns ``(canonical name, object)``, registered on first use, or None for
+        a name it does not recognise; it raises :class:`~eebench.errors.UsageError` for a name it
+        recognises but cannot serve. ``form`` ("timm:NAME") is listed among the valid names in errors."""
+        self._resolvers.append(resolver)
+        self._forms.append(form)
+
     def canonical(self, name: str) -> str:
-        """Return the canonical name for ``name`` or an alias of it."""
+        """Return the canonical name for ``name`` or an alias of it (or one a resolver answers).
+
+        Raises:
+            UnknownNameError: nothing registered or resolvable under ``name``.
+        """
         self.discover()
         if name in self._items:
             return name
         if name in self._aliases:
             return self._aliases[name]
+        for resolver in self._resolvers:
+            found = resolver(name)
+            if found is not None:
+                key, obj = found
+                if key not in self._items:
+                    self._items[key] = obj
+                    self._resolved.add(key)
+                if key != name and name not in self._aliases:
+                    self._aliases[name] = key
+                return key
         folded = name.lower().replace("_", "-")
         for key in [*self._items, *self._aliases]:
             if key.lower().replace("_", "-") == folded:
                 return self._aliases.get(key, key)
         close = difflib.get_close_matches(name, [*self._items, *self._aliases], n=1, cutoff=0.6)
         suggestion = self._aliases.get(close[0], close[0]) if close else None
-        raise UnknownNameError(self.kind, name, self.names(), suggestion)
+        raise UnknownNameError(self.kind, name, [*self.names(), *self._forms], suggestion)
 
     def get(self, name: str) -> T:
         return self._items[self.canonical(name)]
 
     def names(self) -> list[str]:
         self.discover()
-        return sorted(self._items)
+        return sorted(k for k in self._items if k not in self._resolved)
 
     def aliases_of(self, name: str) -> list[str]:
         return sorted(a for a, n in self._aliases.items() if n == name)

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from eebench import bootstrap
+from eebench.paths import slug
 from eebench.records import write_atomic
 from eebench.selection import (cheapest_within, check_budgets, check_selection_split, select,
                                selection_intervals)
@@ -385,7 +386,7 @@ def write_report(df: pd.DataFrame, samples: pd.DataFrame | None, out_dir: Path,
     written = [out_dir / "leaderboard.csv"]
     write_atomic(written[0], _csv_bytes(board))
     for ds, g in board.groupby("dataset", sort=True):
-        path = out_dir / f"leaderboard_{ds}.csv"
+        path = out_dir / f"leaderboard_{slug(ds)}.csv"
         write_atomic(path, _csv_bytes(g))
         written.append(path)
     path = out_dir / "leaderboard.md"

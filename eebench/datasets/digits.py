@@ -27,5 +27,5 @@ def build_digits(data_dir: Path | None = None, cache_dir: Path | None = None) ->
 
 
 register_dataset(DatasetSpec(
-    name="digits", hub_id=None, num_classes=10, default_backbone="vit_digits", builder=build_digits, bundled=True,
+    name="digits", hub_id=None, num_classes=10, default_backbone="vit_digits", builder=build_digits, bundled=True, hflip_invariant=False,
     description="scikit-learn digits, 1,797 8x8 images, bundled (offline default)"))

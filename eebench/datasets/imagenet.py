@@ -53,6 +53,6 @@ def build_imagenet(data_dir: Path | None = None, cache_dir: Path | None = None) 
 
 register_dataset(DatasetSpec(
     name="imagenet", hub_id="ILSVRC/imagenet-1k", num_classes=1000, default_backbone="t2t_vit_14",
-    builder=build_imagenet,
+    builder=build_imagenet, hflip_invariant=True,
     description="ImageNet-1k, 1.28M/50k images (hub, gated; or a local folder of class subfolders)"),
     aliases=("imagenet-1k",))

@@ -130,7 +130,7 @@ for _name, _base, _backbone in (("cifar100-lt", "cifar100", "t2t_vit_14"), ("cif
     _spec = DATASETS.get(_base)
     register_dataset(DatasetSpec(
         name=_name, hub_id=None, num_classes=_spec.num_classes, default_backbone=_backbone,
-        image_column=_spec.image_column, label_column=_spec.label_column,
+        image_column=_spec.image_column, label_column=_spec.label_column, hflip_invariant=_spec.hflip_invariant,
         builder=_long_tail_builder(_name, _base), parameters=dict(LONG_TAIL_PARAMETERS),
         parameter_constraints=dict(LONG_TAIL_CONSTRAINTS),
         description=f"{_base} with a long-tailed train split (exponential profile, imbalance 100; "

@@ -4,5 +4,5 @@ from __future__ import annotations
 from eebench.data import DatasetSpec, register_dataset
 
 register_dataset(DatasetSpec(
-    name="mnist", hub_id="ylecun/mnist", num_classes=10, default_backbone="t2t_vit_7",
+    name="mnist", hub_id="ylecun/mnist", num_classes=10, default_backbone="t2t_vit_7", hflip_invariant=False,
     description="MNIST, 60k/10k 28x28 grey digits"))

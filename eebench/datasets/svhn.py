@@ -61,5 +61,5 @@ def build_svhn(data_dir: Path | None = None, cache_dir: Path | None = None,
 
 register_dataset(DatasetSpec(
     name="svhn", hub_id="ufldl-stanford/svhn", hub_config="cropped_digits", num_classes=10,
-    default_backbone="t2t_vit_7", builder=build_svhn, parameters={"extra": False},
+    default_backbone="t2t_vit_7", builder=build_svhn, hflip_invariant=False, parameters={"extra": False},
     description="SVHN cropped digits, 73k/26k 32x32 colour images (extra split: --set dataset.extra=true)"))

@@ -40,6 +40,7 @@ from eebench.data import DataSplits
 from eebench.errors import ConfigError, CorruptCacheError, NonFiniteLossError
 from eebench.integrity import load_verified, save_hashed
 from eebench.params import AT_LEAST_ONE, FRACTION, MOMENTUM, NON_NEGATIVE, POSITIVE, Constraint, OneOf, Optional
+from eebench.paths import slug
 from eebench.records import write_atomic, write_json
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,10 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "input_cfg": {},           # overlay of the model's data config: input_size [C, H, W], crop_pct, mean, std, ...
     "num_threads": 0,          # CPU threads while training (0: torch's default); fixed, the weights are too
 }
+#: Recipe keys that only some backbones' recipes have (absent, not defaulted, so that the recipe
+#: keys, and the run ids, of the others stay as they were): the model's constructor keywords
+#: (``timm:NAME`` backbones: ``in_chans``, ``img_size``, ``patch_size``, ...; ``--set backbone.KEY``).
+OPTIONAL_RECIPE_KEYS = ("model_kwargs",)
 RECIPE_CONSTRAINTS: dict[str, Constraint] = {
     "optimizer": OneOf(("sgd", "adamw")), "lr": POSITIVE, "momentum": MOMENTUM, "weight_decay": NON_NEGATIVE,
     "epochs": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "augment": OneOf(("crop_flip", "crop", "none")),
@@ -71,13 +76,39 @@ RECIPE_CONSTRAINTS: dict[str, Constraint] = {
     "drop_path_rate": Optional(FRACTION), "num_threads": NON_NEGATIVE}
 
 
-def default_recipe(backbone: str, dataset: str) -> dict[str, Any]:
+def default_recipe(backbone: str, dataset: str, info: Any = None) -> dict[str, Any]:
     """The recipe of (backbone, dataset) before ``--set`` overrides: :data:`RECIPE_DEFAULTS`, the
-    backbone's ``recipe``, its ``dataset_recipes[dataset]``."""
+    backbone's ``recipe``, what its ``recipe_for`` reads from the data (``timm:NAME`` backbones:
+    ``info`` is the dataset's :class:`~eebench.data.ImageInfo`), its ``dataset_recipes[dataset]``.
+
+    Raises:
+        ValueError: the backbone's recipe depends on the data and ``info`` is None.
+    """
     from eebench.backbones import BACKBONES
+    from eebench.data import DATASETS
 
     spec = BACKBONES.get(backbone)
-    return {**RECIPE_DEFAULTS, **spec.recipe, **spec.dataset_recipes.get(dataset, {})}
+    from_data: dict[str, Any] = {}
+    if spec.recipe_for is not None:
+        if info is None:
+            raise ValueError(f"the recipe of {spec.name} is read from the data: pass its ImageInfo")
+        from_data = spec.recipe_for(info, DATASETS.get(dataset).hflip_invariant)
+    return {**RECIPE_DEFAULTS, **spec.recipe, **from_data, **spec.dataset_recipes.get(dataset, {})}
+
+
+def recipe_of(backbone: str, splits: DataSplits, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`default_recipe` for ``splits``' dataset (its images read where the recipe needs them),
+    then ``overrides``; ``model_kwargs`` are merged key by key."""
+    from eebench.backbones import BACKBONES
+    from eebench.data import image_info
+
+    spec = BACKBONES.get(backbone)
+    info = image_info(splits) if spec.recipe_for is not None else None
+    recipe = default_recipe(spec.name, splits.spec.name, info)
+    overrides = dict(overrides or {})
+    if "model_kwargs" in overrides:
+        overrides["model_kwargs"] = {**recipe.get("model_kwargs", {}), **overrides["model_kwargs"]}
+    return {**recipe, **overrides}
 
 
 def model_config(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +127,8 @@ def build_model(backbone: str, num_classes: int, recipe: dict[str, Any], weights
     """
     from eebench.backbones import create_model
 
-    kwargs: dict[str, Any] = {"pretrained_cfg_overlay": model_config(recipe) or None}
+    kwargs: dict[str, Any] = {"pretrained_cfg_overlay": model_config(recipe) or None,
+                              **(recipe.get("model_kwargs") or {})}
     if training and recipe.get("drop_path_rate") is not None:
         kwargs["drop_path_rate"] = float(recipe["drop_path_rate"])
     if training and recipe["init"] == "pretrained":
@@ -132,7 +164,7 @@ def recipe_key(recipe: dict[str, Any]) -> str:
 
 def checkpoint_dir(cache_dir: Path, backbone: str, splits: DataSplits, recipe: dict[str, Any]) -> Path:
     """``<cache>/backbones/<backbone>/<dataset>-<split key>-r<recipe key>``: one folder per recipe."""
-    return Path(cache_dir) / "backbones" / backbone / f"{splits.spec.name}-{splits.key()}-r{recipe_key(recipe)}"
+    return Path(cache_dir) / "backbones" / slug(backbone) / f"{slug(splits.spec.name)}-{splits.key()}-r{recipe_key(recipe)}"
 
 
 def checkpoint_path(cache_dir: Path, backbone: str, splits: DataSplits, recipe: dict[str, Any]) -> Path:
@@ -140,7 +172,7 @@ def checkpoint_path(cache_dir: Path, backbone: str, splits: DataSplits, recipe: 
     trained before recipes named their folder (``<dataset>-<split key>``) is moved here the first time
     its recipe is asked for."""
     folder = checkpoint_dir(cache_dir, backbone, splits, recipe)
-    legacy = Path(cache_dir) / "backbones" / backbone / f"{splits.spec.name}-{splits.key()}"
+    legacy = Path(cache_dir) / "backbones" / slug(backbone) / f"{slug(splits.spec.name)}-{splits.key()}"
     if not folder.exists() and (legacy / "meta.json").exists():
         try:
             trained = json.loads((legacy / "meta.json").read_text())["recipe"]
@@ -155,7 +187,7 @@ def checkpoint_path(cache_dir: Path, backbone: str, splits: DataSplits, recipe: 
 def trained_recipes(cache_dir: Path, backbone: str, splits: DataSplits) -> list[dict[str, Any]]:
     """The full recipes of the checkpoints trained here for (backbone, dataset, splits)."""
     out = []
-    for meta in sorted((Path(cache_dir) / "backbones" / backbone).glob(f"{splits.spec.name}-{splits.key()}*/meta.json")):
+    for meta in sorted((Path(cache_dir) / "backbones" / slug(backbone)).glob(f"{slug(splits.spec.name)}-{splits.key()}*/meta.json")):
         try:
             out.append(full_recipe(json.loads(meta.read_text())["recipe"]))
         except (OSError, KeyError, ValueError):
@@ -193,7 +225,7 @@ def train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, overrides
     from eebench.backbones import BACKBONES
 
     spec = BACKBONES.get(backbone)
-    recipe = {**default_recipe(spec.name, splits.spec.name), **(overrides or {})}
+    recipe = recipe_of(spec.name, splits, overrides)
     final = checkpoint_path(cache_dir, spec.name, splits, recipe)
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final.parent / ".lock")):
@@ -233,8 +265,8 @@ def _train_backbone(backbone: str, splits: DataSplits, cache_dir: Path, override
     from eebench.backbones import BACKBONES
 
     spec = BACKBONES.get(backbone)
-    recipe = {**default_recipe(spec.name, splits.spec.name), **(overrides or {})}
-    unknown = set(recipe) - set(RECIPE_DEFAULTS)
+    recipe = recipe_of(spec.name, splits, overrides)
+    unknown = set(recipe) - set(RECIPE_DEFAULTS) - set(OPTIONAL_RECIPE_KEYS)
     if unknown:
         raise ConfigError(f"unknown recipe key(s) {sorted(unknown)}; valid: {', '.join(RECIPE_DEFAULTS)}")
     final = checkpoint_path(cache_dir, spec.name, splits, recipe)
@@ -310,10 +342,11 @@ def _train_loop(spec: Any, splits: DataSplits, recipe: dict[str, Any], folder: P
     best_path = folder / "best.safetensors"
     bar = tqdm(total=recipe["epochs"], initial=state["epoch"], desc=f"train {spec.name}", unit="epoch", leave=False)
     end = recipe["epochs"] if stop_after is None else min(int(stop_after), recipe["epochs"])
+    estimated = False
     while state["epoch"] < end:
         t0 = time.time()
         model.train()
-        for x, y in tqdm(train_loader, desc=f"epoch {state['epoch'] + 1}", unit="batch", leave=False):
+        for i, (x, y) in enumerate(tqdm(train_loader, desc=f"epoch {state['epoch'] + 1}", unit="batch", leave=False)):
             loss = F.cross_entropy(model(_to(x, device)), _to(y, device), label_smoothing=recipe["label_smoothing"])
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"training {spec.name} on {splits.spec.name}: loss {loss.item():g} at epoch "
@@ -322,6 +355,13 @@ def _train_loop(spec: Any, splits: DataSplits, recipe: dict[str, Any], folder: P
             loss.backward()
             opt.step()
             sched.step()
+            if i == 0:
+                t_first = time.time()
+            elif i == 1 and not estimated:
+                estimated = True
+                per_epoch = (time.time() - t_first) * steps_per_epoch
+                log.info("backbone: about %.0f s per epoch, %.1f min for the %d epoch(s) to go (from the second "
+                         "batch)", per_epoch, per_epoch * (end - state["epoch"]) / 60, end - state["epoch"])
         val_acc = evaluate_accuracy(model, val_loader)
         state["epoch"] += 1
         state["seconds"] += time.time() - t0

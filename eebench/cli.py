@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from eebench.errors import EEBenchError
 
@@ -65,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "run again without it to finish (resumes)")
     add_common_options(tr)
     tr.set_defaults(handler=cmd_backbone_train)
+    rc = bsub.add_parser("recipe", help="print the training recipe `backbone train` would run (same flags)")
+    rc.add_argument("--backbone", required=True)
+    rc.add_argument("--dataset", required=True)
+    add_common_options(rc)
+    rc.set_defaults(handler=cmd_backbone_recipe)
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub)
     return parser
@@ -76,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from eebench import paths
 
-    config = resolve(args.method, args.dataset, args.backbone, args.seed, args.sets, args.config)
+    config = resolve(args.method, args.dataset, args.backbone, args.seed, args.sets, args.config, args.data_dir)
     paths.writable_dir(args.out, "--out")
     paths.cache_dir(args.cache_dir)
     warn_unused_flags(config.dataset, args)
@@ -119,44 +125,82 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in DATASETS.names():
             d = DATASETS.get(name)
             print(f"  {name:<{width}} {d.hub_id or '(bundled)':<22} default backbone {d.default_backbone:<16} {d.description}")
+        print(f"  {'hf:OWNER/NAME[:CONFIG]':<{width}} any hub image-classification dataset (columns and classes read "
+              f"from its Features; offline: --data-dir DIR with DIR/OWNER/NAME/*.parquet)")
+        print(f"  {'PATH':<{width}} a folder: train.parquet [validation, test] in a hub schema, or train/<class>/<image>")
     if args.what in (None, "backbones"):
         from eebench.backbones import describe_backbone
 
         print("backbones:")
         for name in BACKBONES.names():
             print(f"  {name:<16} {describe_backbone(name)}")
+        print(f"  {'timm:NAME':<16} any timm model with forward_intermediates; exits at its intermediates "
+              f"(--set backbone.exits=[...]), model options --set backbone.KEY=VALUE")
     return 0
 
 
-def cmd_backbone_train(args: argparse.Namespace) -> int:
+def training_setup(args: argparse.Namespace) -> tuple[str, Any, dict[str, Any]]:
+    """The backbone name, the dataset's splits and the full recipe of ``backbone train`` and
+    ``backbone recipe``, from ``--backbone``, ``--dataset`` and ``--set`` (``dataset.*``, ``recipe.*``
+    or bare recipe keys, ``backbone.*`` model keywords; ``backbone.exits`` does not change the weights).
+
+    Raises:
+        UnknownNameError, ConfigError, DataUnavailableError: bad names, options or data.
+    """
     from eebench import paths
-    from eebench.backbone_training import RECIPE_CONSTRAINTS, default_recipe, train_backbone
     from eebench.backbones import BACKBONES
-    from eebench.config import check_params, parse_set, resolve_holdout
+    from eebench.config import PARAM_SECTIONS, check_params, parse_set, place_set, resolve_holdout, resolve_recipe
     from eebench.data import DATASETS, load_splits
 
     spec = BACKBONES.get(args.backbone)
     dspec = DATASETS.get(args.dataset)
-    dataset_params, recipe = {}, {}
+    data: dict[str, Any] = {k: {} for k in PARAM_SECTIONS}
     for option in args.sets:
-        key, value = parse_set(option)
-        if key.startswith("dataset."):
-            dataset_params[key[len("dataset."):]] = value
-        else:
-            recipe[key.removeprefix("recipe.")] = value
-    dataset_params = check_params("dataset", dspec.name, dataset_params, dspec.default_parameters(),
+        place_set(data, *parse_set(option), top=(), sections=("dataset",))
+    dataset_params = check_params("dataset", dspec.name, data["dataset_params"], dspec.default_parameters(),
                                   dspec.constraints())
     if dataset_params["holdout"] == "auto":
         dataset_params["holdout"] = resolve_holdout(spec.name, dspec.name)
-    recipe = check_params("recipe", spec.name, recipe, default_recipe(spec.name, dspec.name), RECIPE_CONSTRAINTS)
+    recipe = resolve_recipe(spec.name, dspec.name, "trained", data["recipe"], dataset_params, args.data_dir)
     cache = paths.cache_dir(args.cache_dir)
     splits = load_splits(dspec.name, dataset_params, paths.data_dir(args.data_dir), cache)
-    path = train_backbone(spec.name, splits, cache, recipe, paths.weights_dir(args.weights_dir), args.stop_after)
+    return spec.name, splits, recipe
+
+
+def cmd_backbone_train(args: argparse.Namespace) -> int:
+    from eebench import paths
+    from eebench.backbone_training import train_backbone
+
+    backbone, splits, recipe = training_setup(args)
+    cache = paths.cache_dir(args.cache_dir)
+    path = train_backbone(backbone, splits, cache, recipe, paths.weights_dir(args.weights_dir), args.stop_after)
     meta = json.loads((path.parent / "meta.json").read_text())
     partial = "" if meta.get("complete", True) else \
         f"; stopped after epoch {meta['epochs_done']} (run again without --stop-after to finish)"
-    print(f"trained {spec.name} on {dspec.name}: val accuracy {100 * meta['best_val_accuracy']:.2f} % "
+    print(f"trained {backbone} on {splits.spec.name}: val accuracy {100 * meta['best_val_accuracy']:.2f} % "
           f"(epoch {meta['best_epoch']} of {meta['recipe']['epochs']}), {meta['train_seconds']:.0f} s of training{partial}; {path}")
+    return 0
+
+
+def cmd_backbone_recipe(args: argparse.Namespace) -> int:
+    import yaml
+
+    from eebench import paths
+    from eebench.backbone_training import checkpoint_path, is_complete
+    from eebench.data import image_info
+
+    backbone, splits, recipe = training_setup(args)
+    path = checkpoint_path(paths.cache_dir(args.cache_dir), backbone, splits, recipe)
+    info = image_info(splits)
+    flips = {True: "declared to preserve the class", False: "declared not to preserve the class",
+             None: "not declared for this dataset: no flips (--set augment=crop_flip if they preserve the class)"}
+    print(f"# {backbone} on {splits.spec.name}: {splits.spec.num_classes} classes, images {info.channels}x"
+          f"{info.height}x{info.width}, {len(splits.indices['train'][1])} train rows; horizontal flips "
+          f"{flips[splits.spec.hflip_invariant]}")
+    print(f"# every key can be changed with --set KEY=VALUE (model keywords: --set backbone.KEY=VALUE)")
+    print(yaml.safe_dump(recipe, sort_keys=True, default_flow_style=None).rstrip())
+    state = ("trained" if is_complete(path.parent) else "partly trained") if path.exists() else "not trained yet"
+    print(f"# checkpoint: {path} ({state})")
     return 0
 
 

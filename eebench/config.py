@@ -35,7 +35,14 @@ from eebench.errors import ConfigError
 from eebench.params import Constraint
 
 TOP_KEYS = ("method", "dataset", "backbone", "weights", "seed", "method_params", "dataset_params", "im_params",
-            "recipe")
+            "recipe", "backbone_params")
+PARAM_SECTIONS = ("method_params", "dataset_params", "im_params", "recipe", "backbone_params")
+#: Backbone parameters (``--set backbone.KEY=VALUE``) that are not model keywords: where the exits
+#: sit (``timm:NAME`` backbones). Other ``backbone.KEY`` go to the recipe's ``model_kwargs``.
+BACKBONE_PARAMETERS: dict[str, Any] = {"exits": None}
+#: Dataset parameters added after run ids existed: left out of the id at these values, which keep
+#: the data as it was.
+NEUTRAL_DATASET_PARAMS: dict[str, Any] = {"train_fraction": 1.0}
 
 
 @dataclass
@@ -51,20 +58,29 @@ class RunConfig:
     dataset_params: dict[str, Any] = field(default_factory=dict)
     im_params: dict[str, Any] = field(default_factory=dict)  # the shared IM stage (eebench.im_stage)
     recipe: dict[str, Any] = field(default_factory=dict)     # of trained weights ({} for published ones)
+    backbone_params: dict[str, Any] = field(default_factory=dict)  # where the exits sit (timm:NAME)
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as a dict; ``recipe`` only for trained weights (published runs keep their ids)."""
+        """The config as a dict; ``recipe`` only for trained weights, ``backbone_params`` only where
+        set, and :data:`NEUTRAL_DATASET_PARAMS` only where not neutral (older runs keep their ids)."""
         out = copy.deepcopy(asdict(self))
-        if not out["recipe"]:
-            del out["recipe"]
+        for key in ("recipe", "backbone_params"):
+            if not out[key]:
+                del out[key]
+        for key, neutral in NEUTRAL_DATASET_PARAMS.items():
+            if out["dataset_params"].get(key, neutral) == neutral:
+                out["dataset_params"].pop(key, None)
         return out
 
     @property
     def run_id(self) -> str:
-        """``<method>-<dataset>-<backbone>-s<seed>-<hash10>``, the hash over the resolved config."""
+        """``<method>-<dataset>-<backbone>-s<seed>-<hash10>`` (names as file-name components,
+        :func:`eebench.paths.slug`), the hash over the resolved config."""
+        from eebench.paths import slug
+
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
-        return f"{self.method}-{self.dataset}-{self.backbone}-s{self.seed}-{digest}"
+        return f"{self.method}-{slug(self.dataset)}-{slug(self.backbone)}-s{self.seed}-{digest}"
 
 
 def parse_value(text: str, key: str) -> Any:
@@ -143,7 +159,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     data = read_mapping(path, TOP_KEYS, "config")
-    for key in ("method_params", "dataset_params", "im_params", "recipe"):
+    for key in PARAM_SECTIONS:
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ConfigError(f"config {path}: '{key}' must be a mapping, got {type(data[key]).__name__}")
     return data
@@ -200,38 +216,60 @@ def check_params(kind: str, owner: str, given: dict[str, Any], defaults: dict[st
 
 
 def resolve(method: str | None = None, dataset: str | None = None, backbone: str | None = None,
-            seed: int | None = None, sets: list[str] | None = None, config_file: str | Path | None = None
-            ) -> RunConfig:
+            seed: int | None = None, sets: list[str] | None = None, config_file: str | Path | None = None,
+            data_dir: Path | None = None) -> RunConfig:
     """Resolve a run configuration from a YAML file, CLI flags and ``--set`` options.
+
+    ``--set`` keys: ``method.P``, ``dataset.P``, ``im.P``, ``recipe.K`` (or a bare recipe key, e.g.
+    ``epochs``), ``backbone.exits`` and other ``backbone.K`` (model keywords of a ``timm:NAME``
+    backbone, into the recipe's ``model_kwargs``), and ``method``, ``dataset``, ``backbone``,
+    ``weights``, ``seed``. ``data_dir`` is where a recipe that depends on the data reads it.
 
     Raises:
         UnknownNameError: an unknown method, dataset or backbone (exit status 2).
         ConfigError: a malformed option or file, an unknown parameter, a value of the wrong type.
     """
     data = load_yaml(config_file) if config_file else {}
-    data = {"method_params": {}, "dataset_params": {}, "im_params": {}, "recipe": {},
-            **{k: v for k, v in data.items() if v is not None}}
+    data = {**{k: {} for k in PARAM_SECTIONS}, **{k: v for k, v in data.items() if v is not None}}
     for key, value in (("method", method), ("dataset", dataset), ("backbone", backbone), ("seed", seed)):
         if value is not None:
             data[key] = value
     for option in sets or []:
         key, value = parse_set(option)
-        head, _, rest = key.partition(".")
-        if head in ("method", "dataset", "im") and rest:
-            data[f"{head}_params"][rest] = value
-        elif head == "recipe" and rest:
-            data["recipe"][rest] = value
-        elif key in ("method", "dataset", "backbone", "weights", "seed"):
-            data[key] = value
+        place_set(data, key, value, top=("method", "dataset", "backbone", "weights", "seed"))
+    return from_dict(data, data_dir)
+
+
+def place_set(data: dict[str, Any], key: str, value: Any, top: Sequence[str],
+              sections: Sequence[str] = ("method", "dataset", "im")) -> None:
+    """Put one ``--set key=value`` into a config mapping (see :func:`resolve` for the keys).
+
+    Raises:
+        ConfigError: a key that is none of those.
+    """
+    from eebench.backbone_training import RECIPE_DEFAULTS
+
+    head, _, rest = key.partition(".")
+    if head in sections and rest:
+        data[f"{head}_params"][rest] = value
+    elif head == "recipe" and rest:
+        data["recipe"][rest] = value
+    elif head == "backbone" and rest:
+        if rest in BACKBONE_PARAMETERS:
+            data["backbone_params"][rest] = value
         else:
-            raise ConfigError(f"--set {key}: unknown key"
-                              f"{_did_you_mean(key, ['method', 'dataset', 'backbone', 'weights', 'seed'])}; "
-                              f"use method.<param>, dataset.<param>, im.<param>, recipe.<key>, method, dataset, "
-                              f"backbone, weights or seed")
-    return from_dict(data)
+            data["recipe"].setdefault("model_kwargs", {})[rest] = value
+    elif key in top:
+        data[key] = value
+    elif key in RECIPE_DEFAULTS:
+        data["recipe"][key] = value
+    else:
+        raise ConfigError(f"--set {key}: unknown key{_did_you_mean(key, [*top, *RECIPE_DEFAULTS])}; use "
+                          f"{', '.join(s + '.<param>' for s in sections)}, recipe.<key> (or a recipe key: "
+                          f"{', '.join(RECIPE_DEFAULTS)}), backbone.<key>, or {', '.join(top)}")
 
 
-def from_dict(data: dict[str, Any]) -> RunConfig:
+def from_dict(data: dict[str, Any], data_dir: Path | None = None) -> RunConfig:
     """Resolve a run configuration from a mapping with the keys of a run record's ``config``
     (:data:`TOP_KEYS`; missing ones take their defaults): names made canonical, parameters merged
     over their defaults and checked against their types and constraints.
@@ -249,9 +287,8 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     if unknown:
         raise ConfigError(f"unknown config key '{unknown[0]}'{_did_you_mean(str(unknown[0]), TOP_KEYS)}; "
                           f"valid: {', '.join(TOP_KEYS)}")
-    data = {**{k: {} for k in ("method_params", "dataset_params", "im_params", "recipe")},
-            **{k: v for k, v in data.items() if v is not None}}
-    for key in ("method_params", "dataset_params", "im_params", "recipe"):
+    data = {**{k: {} for k in PARAM_SECTIONS}, **{k: v for k, v in data.items() if v is not None}}
+    for key in PARAM_SECTIONS:
         if not isinstance(data[key], dict):
             raise ConfigError(f"config '{key}' must be a mapping, got {type(data[key]).__name__}")
     if not data.get("method"):
@@ -275,23 +312,67 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
         from eebench.backbones import default_weights
 
         weights = default_weights(backbone_name, dataset_name)
-    if weights == "trained":
-        from eebench.backbone_training import RECIPE_CONSTRAINTS, default_recipe, full_recipe
+    bspec = BACKBONES.get(backbone_name)
+    backbone_params = check_params("backbone", backbone_name, data["backbone_params"], BACKBONE_PARAMETERS)
+    if backbone_params["exits"] is not None and not bspec.generic:
+        raise ConfigError(f"backbone.exits applies to timm:NAME backbones; {backbone_name} has its exits fixed "
+                          f"(eebench list backbones)")
+    backbone_params = {k: v for k, v in backbone_params.items() if v is not None}
+    recipe = resolve_recipe(backbone_name, dataset_name, weights, data["recipe"], dataset_params, data_dir)
+    if bspec.generic and "exits" in backbone_params:
+        from eebench.backbones.timm_generic import check_exits
 
-        recipe = full_recipe(check_params("recipe", backbone_name, data["recipe"],
-                                          default_recipe(backbone_name, dataset_name), RECIPE_CONSTRAINTS))
-    elif data["recipe"]:
-        raise ConfigError(f"recipe.* applies to trained weights only (weights={weights}): drop it or add "
-                          f"--set weights=trained")
-    else:
-        recipe = {}
+        check_exits(bspec.timm_name, backbone_params["exits"], recipe.get("model_kwargs"))
     return RunConfig(
         method=method_name, dataset=dataset_name, backbone=backbone_name, seed=int(data.get("seed", 0)),
         weights=weights,
         method_params=check_params("method", method_name, data["method_params"], m.parameters, m.constraints),
         dataset_params=dataset_params,
         im_params=check_params("im", "stage", data["im_params"], IM_PARAMETERS, IM_CONSTRAINTS),
-        recipe=recipe)
+        recipe=recipe, backbone_params=backbone_params)
+
+
+def resolve_recipe(backbone: str, dataset: str, weights: str, given: dict[str, Any], dataset_params: dict[str, Any],
+                   data_dir: Path | None = None) -> dict[str, Any]:
+    """The full training recipe of trained weights ({} for published ones): the backbone's default
+    for the dataset (read from the data, loaded from ``data_dir``, where the backbone's recipe
+    depends on it), ``given`` over it, checked; ``model_kwargs`` merged key by key.
+
+    Raises:
+        ConfigError: a recipe for published weights, an unknown key, a value of the wrong type or out of
+            range, model keywords for a backbone that takes none.
+    """
+    from eebench.backbone_training import OPTIONAL_RECIPE_KEYS, RECIPE_CONSTRAINTS, default_recipe, full_recipe
+    from eebench.backbones import BACKBONES
+
+    if weights != "trained":
+        if given:
+            extra = " (backbone.KEY model options are recipe keys)" if "model_kwargs" in given else ""
+            raise ConfigError(f"recipe.* applies to trained weights only (weights={weights}){extra}: drop it or add "
+                              f"--set weights=trained")
+        return {}
+    spec = BACKBONES.get(backbone)
+    info = None
+    if spec.recipe_for is not None:
+        from eebench.data import load_splits
+        from eebench.data import image_info
+        from eebench.paths import data_dir as default_data_dir
+
+        info = image_info(load_splits(dataset, dataset_params, default_data_dir(data_dir)))
+    default = default_recipe(backbone, dataset, info)
+    given = dict(given)
+    model_kwargs = given.pop("model_kwargs", None)
+    if model_kwargs is not None and "model_kwargs" not in default:
+        raise ConfigError(f"backbone.{next(iter(model_kwargs), 'KEY')}: model options apply to timm:NAME backbones; "
+                          f"{backbone} takes none")
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise ConfigError(f"recipe.model_kwargs must be a mapping, got {type(model_kwargs).__name__}")
+    recipe = full_recipe(check_params("recipe", backbone, given, {k: v for k, v in default.items()
+                                                                 if k not in OPTIONAL_RECIPE_KEYS}, RECIPE_CONSTRAINTS))
+    for key in OPTIONAL_RECIPE_KEYS:
+        if key in default:
+            recipe[key] = {**default[key], **(model_kwargs or {})}
+    return recipe
 
 
 def resolve_holdout(backbone: str, dataset: str) -> str:

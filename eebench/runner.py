@@ -68,9 +68,11 @@ class Timer:
 
 
 def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any], options: RunOptions,
-                     timer: Timer | None = None, weights: str = "auto", recipe: dict[str, Any] | None = None
-                     ) -> Prepared:
+                     timer: Timer | None = None, weights: str = "auto", recipe: dict[str, Any] | None = None,
+                     backbone_params: dict[str, Any] | None = None) -> Prepared:
     """Load the data and the frozen backbone; reuse or build the feature cache and the cost profile.
+
+    ``backbone_params`` go to the exit adapter (``exits`` of a ``timm:NAME`` backbone).
 
     Raises:
         DataUnavailableError, UsageError, CorruptCacheError: see :func:`load_splits`,
@@ -84,7 +86,7 @@ def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any]
         spec = BACKBONES.get(backbone)
         model, source = load_backbone(backbone, splits, paths.weights_dir(options.weights_dir), cache_root, weights,
                                       recipe)
-        adapter = spec.adapter(model)
+        adapter = spec.adapter(model, **(backbone_params or {}))
         weights_sha = state_dict_sha256(model)
     key = features_key(spec, model, adapter, splits, weights_sha)
     cache = FeatureCache(cache_root)
@@ -177,7 +179,7 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
     t_start = time.perf_counter()
     method = load_methods().get(config.method)
     prep = prepare_features(config.dataset, config.backbone, config.dataset_params, options, timer, config.weights,
-                            config.recipe)
+                            config.recipe, config.backbone_params)
     f, C = prep.features, prep.splits.spec.num_classes
     task, stage, split_info = exit_task(prep, config, options.cache_dir)
     val = task.val
@@ -206,6 +208,7 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
         "backbone_accuracy": backbone_acc,
         "backbone_val_accuracy": float((val.logits.argmax(1) == val.labels).float().mean()),
         "backbone": {"name": config.backbone, "weights": prep.weights, "exits": prep.adapter.exits_doc,
+                     **({"params": config.backbone_params} if config.backbone_params else {}),
                      "num_exits": prep.costs.num_exits, "im_dims": prep.adapter.im_dims,
                      "muladds": prep.costs.backbone_muladds, "cost_profile": prep.costs.to_dict()},
         "num_classes": C,

@@ -54,6 +54,7 @@ class FeatureStage:
     dataset_params: tuple[tuple[str, Any], ...]
     weights: str = "auto"
     recipe_json: str = "{}"
+    backbone_json: str = "{}"
 
     @property
     def key(self) -> str:
@@ -64,13 +65,17 @@ class FeatureStage:
     def of(config: RunConfig) -> "FeatureStage":
         params = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in config.dataset_params.items()))
         return FeatureStage(config.dataset, config.backbone, params, getattr(config, "weights", "auto"),
-                            json.dumps(getattr(config, "recipe", {}), sort_keys=True))
+                            json.dumps(getattr(config, "recipe", {}), sort_keys=True),
+                            json.dumps(getattr(config, "backbone_params", {}), sort_keys=True))
 
     def params(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.dataset_params}
 
     def recipe(self) -> dict[str, Any]:
         return json.loads(self.recipe_json)
+
+    def backbone_params(self) -> dict[str, Any]:
+        return json.loads(self.backbone_json)
 
     def __str__(self) -> str:
         return f"{self.dataset}/{self.backbone}"
@@ -130,7 +135,7 @@ class FeatureTask(Checkpointable):
         clear_failure(options.out_dir, stage.key)
         try:
             prep = prepare_features(stage.dataset, stage.backbone, stage.params(), options, weights=stage.weights,
-                                    recipe=stage.recipe())
+                                    recipe=stage.recipe(), backbone_params=stage.backbone_params())
         except Exception as e:
             write_failure(options.out_dir, stage.key, error_line(e))
             raise

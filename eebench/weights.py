@@ -62,8 +62,8 @@ def load_backbone(name: str, splits: Any, weights_dir: Path | None, cache_dir: P
         return model.eval(), f"published {spec.pretrained_on} checkpoint {spec.weights_file}"
     if weights != "trained":
         raise UsageError(f"weights={weights!r}: must be auto, published or trained")
-    default = backbone_training.default_recipe(spec.name, dataset)
-    recipe = {**default, **(recipe or {})}
+    default = backbone_training.recipe_of(spec.name, splits)
+    recipe = backbone_training.recipe_of(spec.name, splits, recipe)
     ckpt = backbone_training.checkpoint_path(cache_dir, spec.name, splits, recipe)
     if not ckpt.exists():
         changed = " ".join(f"--set {k}={json.dumps(v)}" for k, v in sorted(recipe.items()) if default.get(k) != v)

@@ -14,7 +14,7 @@ import timm
 from torch import nn
 
 from eebench.backbones.base import ExitAdapter
-from eebench.errors import DataUnavailableError
+from eebench.errors import ConfigError, DataUnavailableError
 from eebench.pipelines import ImagePipeline, InputPipeline
 from eebench.registry import Registry
 
@@ -36,6 +36,11 @@ class BackboneSpec:
         pipeline: how dataset rows become inputs (images by default).
         dataset_recipes: per-dataset recipe overrides on top of ``recipe`` (e.g. the resolution
             and optimiser for a dataset the backbone is trained on from scratch).
+        model_name: the timm model name, where it differs from ``name`` (``timm:NAME`` backbones).
+        generic: a ``timm:NAME`` backbone (:mod:`eebench.backbones.timm_generic`): its adapter takes
+            ``exits``, and its recipe is read from the data.
+        recipe_for: ``(ImageInfo, hflip_invariant) -> recipe`` overrides read from the data (image
+            size and channels), between ``recipe`` and ``dataset_recipes``.
     """
 
     name: str
@@ -47,6 +52,14 @@ class BackboneSpec:
     train_on_first_use: bool = False
     pipeline: InputPipeline = field(default_factory=ImagePipeline)
     dataset_recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_name: str | None = None
+    generic: bool = False
+    recipe_for: Callable[[Any, bool | None], dict[str, Any]] | None = None
+
+    @property
+    def timm_name(self) -> str:
+        """The name ``timm.create_model`` knows."""
+        return self.model_name or self.name
 
 
 #: Every backbone; the family modules of this package register theirs on first use.
@@ -70,7 +83,7 @@ def describe_backbone(name: str) -> str:
     """One line for ``eebench list``: the model family, exits and IM design read off a freshly built
     adapter (random weights, the model's default input), and where its weights come from."""
     spec = BACKBONES.get(name)
-    adapter = spec.adapter(timm.create_model(spec.name, num_classes=10))
+    adapter = spec.adapter(timm.create_model(spec.timm_name, num_classes=10))
     return f"{spec.description}; {adapter.num_blocks} exits: {adapter.exits_doc}; weights: {weights_sources(spec)}"
 
 
@@ -88,8 +101,13 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights_
     """
     spec = BACKBONES.get(name)
     overlay = dict(pretrained_cfg_overlay or {})
-    if not pretrained:
-        return timm.create_model(spec.name, num_classes=num_classes, pretrained_cfg_overlay=overlay or None, **kwargs)
+    try:
+        if not pretrained:
+            return timm.create_model(spec.timm_name, num_classes=num_classes, pretrained_cfg_overlay=overlay or None,
+                                     **kwargs)
+    except TypeError as e:  # a model keyword (backbone.KEY) the model does not take
+        raise ConfigError(f"{spec.name} does not take the model options {sorted(kwargs)}: {e}; drop the "
+                          f"--set backbone.KEY that caused it") from None
     if weights_dir is not None:
         path = Path(weights_dir) / spec.weights_file
         if not path.is_file():
@@ -98,13 +116,13 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights_
                 f"or drop --weights-dir / EEBENCH_WEIGHTS_DIR to download it")
         overlay["file"] = str(path)
     try:
-        return timm.create_model(spec.name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        return timm.create_model(spec.timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except (OSError, RuntimeError) as e:
         if "file" in overlay:
             raise DataUnavailableError(f"cannot load {overlay['file']}: {type(e).__name__}: {e}; "
                                        f"replace it with the published file") from e
         raise DataUnavailableError(
-            f"cannot download the {spec.name} weights ({type(e).__name__}); pass --weights-dir DIR "
+            f"cannot download the {spec.timm_name} weights ({type(e).__name__}); pass --weights-dir DIR "
             f"with {spec.weights_file} in it") from e
 
 

@@ -2,7 +2,10 @@
 
 ``vit_digits`` is the offline default backbone: a 6-block ViT over the 8×8 scikit-learn digits
 (patch 2, 16 patches + class token, width 64, 4 heads). It has no published weights; the harness
-trains it on the digits train split on first use (seconds on a CPU) and caches it.
+trains it on the digits train split on first use (seconds on a CPU) and caches it. Its exits are
+those of the generic timm adapter (:class:`~eebench.backbones.timm_generic.TimmExits`: one per
+block, a Linear IM on the normed class token), which gives the same IM inputs, logits and costs
+as :class:`ViTExits`, bit for bit; ``ViTExits`` stays the base of the T2T-ViT adapter.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from torch import nn
 
 from eebench.backbones import BackboneSpec, register_backbone
 from eebench.backbones.base import ExitAdapter
+from eebench.backbones.timm_generic import TimmExits
 
 __all__ = ["ViTExits", "vit_digits"]
 
@@ -67,7 +71,7 @@ def vit_digits(pretrained: bool = False, **kwargs) -> VisionTransformer:
 
 
 register_backbone(BackboneSpec(
-    name="vit_digits", adapter=ViTExits, train_on_first_use=True, description="ViT depth 6, width 64 on 8x8 digits",
+    name="vit_digits", adapter=TimmExits, train_on_first_use=True, description="ViT depth 6, width 64 on 8x8 digits",
     # one thread: the weights are the same on every machine of this CPU kind (docs/decisions.md, R1)
     recipe={"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "epochs": 100, "batch_size": 64,
             "augment": "none", "num_workers": 0, "num_threads": 1}))

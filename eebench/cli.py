@@ -142,7 +142,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def training_setup(args: argparse.Namespace) -> tuple[str, Any, dict[str, Any]]:
     """The backbone name, the dataset's splits and the full recipe of ``backbone train`` and
     ``backbone recipe``, from ``--backbone``, ``--dataset`` and ``--set`` (``dataset.*``, ``recipe.*``
-    or bare recipe keys, ``backbone.*`` model keywords; ``backbone.exits`` does not change the weights).
+    or bare recipe keys, ``backbone.*`` model keywords). ``run``'s other keys (``method.*``, ``im.*``,
+    ``backbone.exits``) are accepted and do not change the weights, so both commands take the same flags.
 
     Raises:
         UnknownNameError, ConfigError, DataUnavailableError: bad names, options or data.
@@ -156,7 +157,7 @@ def training_setup(args: argparse.Namespace) -> tuple[str, Any, dict[str, Any]]:
     dspec = DATASETS.get(args.dataset)
     data: dict[str, Any] = {k: {} for k in PARAM_SECTIONS}
     for option in args.sets:
-        place_set(data, *parse_set(option), top=(), sections=("dataset",))
+        place_set(data, *parse_set(option), top=(), sections=("dataset", "method", "im"))
     dataset_params = check_params("dataset", dspec.name, data["dataset_params"], dspec.default_parameters(),
                                   dspec.constraints())
     if dataset_params["holdout"] == "auto":

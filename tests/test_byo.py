@@ -60,6 +60,30 @@ def test_generic_adapter_contract(name: str, kwargs: dict) -> None:
     assert all(m > 0 for m in profile.im_muladds)
 
 
+@pytest.fixture(scope="module")
+def colour_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ImageFolder tree of 32 px RGB images, 3 classes (brightness), 20 train and 8 test each."""
+    return write_image_folder(tmp_path_factory.mktemp("colour") / "toy", mode="RGB", size=32, n_train=20)
+
+
+@pytest.mark.parametrize("name,kwargs", CONTRACT_MODELS, ids=[m for m, _ in CONTRACT_MODELS])
+def test_generic_backbone_end_to_end(name: str, kwargs: dict, colour_folder: Path, tmp_path: Path, cli) -> None:
+    """Each family trained here for one epoch on a folder dataset, its features cached and the
+    threshold method run on them: a record whose exits and figures come from the data."""
+    sets = ["epochs=1", "batch_size=20", "im.epochs=3",
+            *(f"backbone.{k}={v}" for k, v in kwargs.items() if k != "img_size")]
+    flags = ["--dataset", colour_folder, "--backbone", f"timm:{name}", *[a for s in sets for a in ("--set", s)]]
+    status, out, err = cli("backbone", "train", *flags)   # the same flags: im.* does not change the weights
+    assert status == 0, err
+    status, out, err = cli("run", "--method", "threshold", *flags, "--out", tmp_path)
+    assert status == 0, err
+    record = read_record(tmp_path)
+    assert record["num_classes"] == 3 and record["backbone"]["num_exits"] >= 4
+    assert record["config"]["recipe"]["model_kwargs"]["in_chans"] == 3
+    assert record["backbone"]["muladds"] == sum(record["backbone"]["cost_profile"]["block_muladds"])
+    assert max(p["accuracy"] for p in record["operating_points"]) > 1 / 3 + 0.1   # above chance
+
+
 def test_generic_adapter_exit_choice() -> None:
     """Default exits skip the stem intermediate; chosen ones are honoured; the last is always there."""
     model = timm.create_model("resnet18", num_classes=3).eval()
@@ -131,9 +155,9 @@ def test_train_fraction_is_stratified_and_seeded(tmp_path: Path) -> None:
         np.testing.assert_array_equal(part.indices[s][1], full.indices[s][1])
 
 
-def write_image_folder(root: Path, mode: str = "L") -> Path:
-    for split, n, seed in (("train", 30, 0), ("test", 8, 1)):
-        for i, (image, c) in enumerate(synthetic_images(n, 3, mode=mode, seed=seed)):
+def write_image_folder(root: Path, mode: str = "L", size: int = 16, n_train: int = 30) -> Path:
+    for split, n, seed in (("train", n_train, 0), ("test", 8, 1)):
+        for i, (image, c) in enumerate(synthetic_images(n, 3, size=size, mode=mode, seed=seed)):
             folder = root / split / f"class{c}"
             folder.mkdir(parents=True, exist_ok=True)
             image.save(folder / f"{i}.png")
@@ -235,3 +259,25 @@ def test_hub_id_reads_the_shared_mnist_mirror() -> None:
     assert splits.spec.num_classes == 10 and splits.spec.label_column == "label"
     assert image_info(splits) == ImageInfo(1, 28, 28)
     assert splits.describe()["test"]["n"] == 10000 and abs(splits.describe()["train"]["n"] - 4500) <= 1
+
+
+def test_large_images_fine_tune_weights_from_a_local_file(tmp_path: Path, cli, monkeypatch) -> None:
+    """Images over 64 px: the recipe fine-tunes timm's pretrained weights, here from --weights-dir
+    (``resnet18.safetensors``, written from a fresh model), greyscale read as RGB at 224 px; without
+    the file and offline, one line saying to pass --weights-dir."""
+    from safetensors.torch import save_file
+
+    data = write_image_folder(tmp_path / "big", size=72, n_train=4)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.manual_seed(0)
+    save_file(timm.create_model("resnet18").state_dict(), str(weights / "resnet18.safetensors"))
+    flags = ["--dataset", data, "--backbone", "timm:resnet18", "--set", "epochs=1", "--set", "batch_size=4"]
+    status, out, err = cli("backbone", "recipe", *flags)
+    assert status == 0 and "init: pretrained" in out and "model_kwargs: {}" in out, err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    status, out, err = cli("backbone", "train", *flags)
+    assert status == 2 and one_error_line(err, "--weights-dir"), err
+    status, out, err = cli("backbone", "train", *flags, "--weights-dir", weights)
+    assert status == 0, err
+    assert "trained timm:resnet18" in out

@@ -14,6 +14,7 @@ import timm
 from torch import nn
 
 from eebench.backbones.base import ExitAdapter
+from eebench.data import offline
 from eebench.errors import ConfigError, DataUnavailableError
 from eebench.pipelines import ImagePipeline, InputPipeline
 from eebench.registry import Registry
@@ -115,6 +116,9 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights_
                 f"weights file {spec.weights_file} is not in {weights_dir}: put the published checkpoint there "
                 f"or drop --weights-dir / EEBENCH_WEIGHTS_DIR to download it")
         overlay["file"] = str(path)
+    elif offline() and _from_hub(spec.timm_name):   # the hub client reads HF_HUB_OFFLINE once, at import
+        raise DataUnavailableError(f"cannot download the {spec.timm_name} weights: HF_HUB_OFFLINE is set; pass "
+                                   f"--weights-dir DIR with {spec.weights_file} in it, or unset HF_HUB_OFFLINE")
     try:
         return timm.create_model(spec.timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except (OSError, RuntimeError) as e:
@@ -124,6 +128,11 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights_
         raise DataUnavailableError(
             f"cannot download the {spec.timm_name} weights ({type(e).__name__}); pass --weights-dir DIR "
             f"with {spec.weights_file} in it") from e
+
+
+def _from_hub(model_name: str) -> bool:
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    return bool(cfg is not None and cfg.hf_hub_id)
 
 
 def default_weights(name: str, dataset: str) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 
 from eebench.data import DATASETS, DatasetSpec, dict_fingerprint, hub_error, load_mirror
 from eebench.errors import DataUnavailableError, UsageError
@@ -54,7 +55,7 @@ def keep_splits(ds: datasets.DatasetDict, name: str) -> datasets.DatasetDict:
     test = out.get("test")
     if test is not None:
         label = next((c for c, f in test.features.items() if isinstance(f, datasets.ClassLabel)), None)
-        if label is not None and max(test[label], default=-1) < 0:
+        if label is not None and (len(test) == 0 or int(np.max(test.with_format("numpy")[label])) < 0):
             log.info("%s: the test split has no labels (all -1): test is carved from train", name)
             del out["test"]
     return datasets.DatasetDict(out)

@@ -56,7 +56,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from eebench.runner import RunOptions
 
     grid = load_grid(args.grid, args.sets)
-    configs = expand(grid)
+    configs = expand(grid, args.data_dir)
     paths.writable_dir(args.out, "--out")
     paths.cache_dir(args.cache_dir)
     options = RunOptions(args.data_dir, args.weights_dir, args.cache_dir, args.out, args.batch_size, args.num_workers)

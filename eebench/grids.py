@@ -142,8 +142,9 @@ def _product(params: dict[str, Any], defaults: dict[str, Any]) -> list[dict[str,
     return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
 
 
-def expand(grid: Grid) -> list[RunConfig]:
-    """Every run of the grid, fully resolved, in grid order, one per run id.
+def expand(grid: Grid, data_dir: Path | None = None) -> list[RunConfig]:
+    """Every run of the grid, fully resolved, in grid order, one per run id (``data_dir``: where a
+    recipe that depends on the data reads it, :func:`eebench.config.resolve_recipe`).
 
     Returns:
         the configs; two grid entries that resolve to the same configuration give one run.
@@ -202,6 +203,7 @@ def expand(grid: Grid) -> list[RunConfig]:
                             cfg = from_dict({"method": str(method_name), "dataset": str(dataset), "backbone": backbone,
                                              "seed": seed, "weights": weights,
                                              "method_params": {**base, **combo_grid, **combo},
-                                             "dataset_params": dparams, "im_params": im_combo, "recipe": recipe})
+                                             "dataset_params": dparams, "im_params": im_combo, "recipe": recipe},
+                                            data_dir)
                             configs.setdefault(cfg.run_id, cfg)
     return list(configs.values())

@@ -1,12 +1,15 @@
 """The feature cache: the frozen backbone runs once per (weights, dataset, splits, preprocessing).
 
 For each split it stores the inputs of the K−1 IMs (one ``[N, D_k]`` float16 tensor per exit),
-the backbone's own logits (exit K, ``[N, C]``) and the labels, as one safetensors file per
-split under ``<cache>/features/<key>/``. The key is a content hash of the backbone weights, the
-data (source fingerprint and split indices), the preprocessing and the exit design, so a stale
-cache cannot be read. An entry is written into a temporary folder and renamed into place, so a
-killed build leaves nothing that looks complete; every tensor carries a content hash, checked on
-each load (:mod:`eebench.integrity`), so a corrupted file is reported, not trained on.
+the backbone's own logits (exit K, ``[N, C]``) and the labels, in safetensors shards of
+:data:`SHARD_ROWS` rows (whole batches) under ``<cache>/features/<key>/`` (``train-00000.safetensors``,
+...). The key is a content hash of the backbone weights, the data (source fingerprint and split
+indices), the preprocessing and the exit design, so a stale cache cannot be read. The pass writes
+each shard as soon as its rows are done (atomically, never a whole split in memory) into
+``.<key>.partial/``; a pass that is interrupted resumes after its last complete shard, and the
+folder is renamed into place with its ``meta.json`` once every split is done, so nothing that looks
+complete is ever half-written. Every tensor carries a content hash, checked on each load
+(:mod:`eebench.integrity`), so a corrupted shard is reported, by name, not trained on.
 """
 from __future__ import annotations
 
@@ -15,14 +18,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from filelock import FileLock
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from eebench.errors import CorruptCacheError
@@ -30,7 +32,9 @@ from eebench.integrity import load_verified, save_hashed
 
 log = logging.getLogger(__name__)
 
-FEATURES_VERSION = 2   # 2: every tensor carries a content hash (eebench.integrity)
+FEATURES_VERSION = 3   # 2: every tensor carries a content hash (eebench.integrity); 3: splits in shards
+#: Rows per shard (rounded down to whole batches of the pass): 41 MB of T2T-ViT-14 IM inputs.
+SHARD_ROWS = 4096
 
 
 @dataclass
@@ -76,6 +80,13 @@ class SplitFeatures:
         """The K−1 IM inputs of rows ``idx``, float32 ``[B, D_k]`` each, from one gather of ``stacked``."""
         return list(self.stacked[idx].float().split(self.dims, 1))
 
+    @classmethod
+    def concat(cls, parts: list["SplitFeatures"]) -> "SplitFeatures":
+        """The rows of ``parts`` one after the other (shards of one split)."""
+        out = cls([], torch.cat([p.logits for p in parts]), torch.cat([p.labels for p in parts]))
+        out.stacked, out.dims = torch.cat([p.stacked for p in parts]), list(parts[0].dims)
+        return out
+
     def subset(self, idx: torch.Tensor) -> "SplitFeatures":
         """The rows ``idx`` (a LongTensor or slice) of every tensor."""
         return SplitFeatures(list(self.stacked[idx].split(self.dims, 1)), self.logits[idx], self.labels[idx])
@@ -97,26 +108,31 @@ def feature_key(**parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-@torch.no_grad()
+def _passes(adapter: Any, loader: DataLoader, desc: str, done_batches: int = 0, total_batches: int | None = None
+            ) -> Any:
+    """Yield ``(im_inputs float16, logits float32, labels int64)`` of each batch of ``loader``."""
+    adapter.eval()
+    with torch.no_grad():
+        for x, y in tqdm(loader, desc=desc, unit="batch", leave=False, initial=done_batches, total=total_batches):
+            ims, out = adapter.forward_exits(x)
+            yield [f.to(torch.float16) for f in ims], out.float(), torch.as_tensor(y).long()
+
+
+def _gather(parts: list[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]], num_ims: int) -> SplitFeatures:
+    return SplitFeatures([torch.cat([p[0][k] for p in parts]) for k in range(num_ims)],
+                         torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]))
+
+
 def extract(adapter: Any, dataset: Dataset, batch_size: int = 256, num_workers: int = 1,
             desc: str = "features", collate_fn: Callable | None = None) -> SplitFeatures:
-    """Run the frozen backbone over ``dataset`` (``(input, label)`` pairs) once.
+    """Run the frozen backbone over ``dataset`` (``(input, label)`` pairs) once, in memory.
 
     Returns:
         the split's :class:`SplitFeatures` (IM inputs stored as float16, returned as float32).
     """
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_fn, persistent_workers=False)
-    feats: list[list[torch.Tensor]] = [[] for _ in range(adapter.num_blocks - 1)]
-    logits, labels = [], []
-    adapter.eval()
-    for x, y in tqdm(loader, desc=desc, unit="batch", leave=False):
-        ims, out = adapter.forward_exits(x)
-        for store, f in zip(feats, ims):
-            store.append(f.to(torch.float16))
-        logits.append(out.float())
-        labels.append(torch.as_tensor(y))
-    return SplitFeatures([torch.cat(f) for f in feats], torch.cat(logits), torch.cat(labels).long())
+    return _gather(list(_passes(adapter, loader, desc)), adapter.num_blocks - 1)
 
 
 def _save(split: SplitFeatures, path: Path) -> None:
@@ -134,8 +150,61 @@ def _load(path: Path, num_exits: int) -> SplitFeatures:
     return split
 
 
+def shard_name(split: str, i: int) -> str:
+    return f"{split}-{i:05d}.safetensors"
+
+
+def _complete_shards(folder: Path, split: str, num_exits: int) -> tuple[int, int]:
+    """``(shards, rows)`` already written for ``split`` in ``folder``, in order, each checked against
+    its content hashes; the first one that fails its check, and every one after it, is deleted."""
+    i = rows = 0
+    while (folder / shard_name(split, i)).exists():
+        try:
+            rows += _load(folder / shard_name(split, i), num_exits).n
+        except Exception as e:
+            log.info("features: %s fails its check (%s); rebuilding from it", shard_name(split, i), type(e).__name__)
+            break
+        i += 1
+    for stale in folder.glob(f"{split}-*.safetensors"):
+        if int(stale.name[len(split) + 1:-len(".safetensors")]) >= i:
+            stale.unlink()
+    return i, rows
+
+
+def extract_to(adapter: Any, dataset: Dataset, folder: Path, split: str, batch_size: int = 256,
+               num_workers: int = 1, collate_fn: Callable | None = None, shard_rows: int = SHARD_ROWS) -> int:
+    """Run the frozen backbone over ``dataset``, writing ``folder/<split>-NNNNN.safetensors`` shards of
+    ``shard_rows`` rows (rounded down to whole batches, at least one) as the pass goes; resumes after
+    the shards a previous, interrupted pass completed (whole batches, so the rows are the same).
+
+    Returns:
+        the number of rows of the split.
+    """
+    per_shard = max(1, shard_rows // batch_size) * batch_size
+    num_exits = adapter.num_blocks
+    i, done = _complete_shards(folder, split, num_exits)
+    n = len(dataset)
+    if done:
+        log.info("features: %s resumes after %d of %d rows (%d shard(s) complete)", split, done, n, i)
+    if done >= n:
+        return n
+    loader = DataLoader(Subset(dataset, range(done, n)), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collate_fn, persistent_workers=False)
+    parts, buffered = [], 0
+    batches = -(-n // batch_size)
+    for part in _passes(adapter, loader, f"features {split}", done // batch_size, batches):
+        parts.append(part)
+        buffered += len(part[2])
+        if buffered >= per_shard:
+            _save(_gather(parts, num_exits - 1), folder / shard_name(split, i))
+            parts, buffered, i = [], 0, i + 1
+    if parts:
+        _save(_gather(parts, num_exits - 1), folder / shard_name(split, i))
+    return n
+
+
 class FeatureCache:
-    """The on-disk cache of :class:`SplitFeatures`, one folder per key under ``root``."""
+    """The on-disk cache of :class:`SplitFeatures`, one folder of shards per key under ``root``."""
 
     def __init__(self, root: Path):
         self.root = Path(root) / "features"
@@ -152,37 +221,50 @@ class FeatureCache:
         return (self.path(key) / "meta.json").exists()
 
     def load(self, key: str) -> tuple[dict[str, SplitFeatures], dict[str, Any]]:
-        """Load every split of entry ``key``.
+        """Load every split of entry ``key`` (its shards, concatenated).
 
         Raises:
-            CorruptCacheError: the entry cannot be read or is inconsistent.
+            CorruptCacheError: the entry or one of its shards (named) cannot be read or is inconsistent.
         """
         folder = self.path(key)
+        where = folder / "meta.json"
         try:
-            meta = json.loads((folder / "meta.json").read_text())
-            splits = {s: _load(folder / f"{s}.safetensors", meta["num_exits"]) for s in meta["splits"]}
+            meta = json.loads(where.read_text())
+            splits = {}
+            for s in meta["splits"]:
+                shards = []
+                for i in range(meta["shards"][s]):
+                    where = folder / shard_name(s, i)
+                    shards.append(_load(where, meta["num_exits"]))
+                split = SplitFeatures.concat(shards)
+                if split.n != meta["rows"][s]:
+                    raise ValueError(f"{s} has {split.n} rows, meta.json says {meta['rows'][s]}")
+                splits[s] = split
         except Exception as e:
             raise CorruptCacheError(
-                f"feature cache {folder} is unreadable ({type(e).__name__}: {str(e)[:120]}); delete it "
-                f"(rm -rf {folder}) and run again to rebuild it") from e
+                f"feature cache {folder} is unreadable ({where.name}: {type(e).__name__}: {str(e)[:120]}); delete "
+                f"it (rm -rf {folder}) and run again to rebuild it") from e
         return splits, meta
 
-    def save(self, key: str, splits: dict[str, SplitFeatures], meta: dict[str, Any]) -> Path:
-        """Write entry ``key`` atomically (temporary folder, then rename)."""
+    def build(self, key: str, datasets: dict[str, Dataset], adapter: Any, meta: dict[str, Any],
+              batch_size: int = 256, num_workers: int = 1, collate_fn: Callable | None = None,
+              shard_rows: int = SHARD_ROWS) -> Path:
+        """Run the backbone over every split into ``.<key>.partial/`` (resuming what an interrupted
+        build of the same key left there), then write ``meta.json`` and rename it into place.
+        Call under :meth:`lock`."""
+        partial = self.root / f".{key}.partial"
+        partial.mkdir(exist_ok=True)
+        rows, shards = {}, {}
+        for name, dataset in datasets.items():
+            rows[name] = extract_to(adapter, dataset, partial, name, batch_size, num_workers, collate_fn, shard_rows)
+            shards[name] = len(list(partial.glob(f"{name}-*.safetensors")))
+        meta = {**meta, "splits": list(datasets), "rows": rows, "shards": shards}
+        (partial / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         final = self.path(key)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
         try:
-            for name, split in splits.items():
-                _save(split, tmp / f"{name}.safetensors")
-            meta = {**meta, "splits": list(splits), "rows": {s: f.n for s, f in splits.items()}}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-            try:
-                os.rename(tmp, final)
-            except OSError:  # another process finished the same entry first: keep theirs
-                if not self.exists(key):
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            os.rename(partial, final)
+        except OSError:  # another process finished the same entry first: keep theirs
+            if not self.exists(key):
+                raise
+            shutil.rmtree(partial, ignore_errors=True)
         return final

@@ -19,7 +19,7 @@ from eebench.backbones import BACKBONES
 from eebench.config import RunConfig
 from eebench.costs import CostProfile, profile_exits
 from eebench.data import SPLITS, DataSplits, indices_sha256, load_splits, policy_rows
-from eebench.features import FeatureCache, SplitFeatures, extract, feature_key, state_dict_sha256
+from eebench.features import FeatureCache, SplitFeatures, feature_key, state_dict_sha256
 from eebench.im_stage import IMStage, im_schedule
 from eebench.method import ExitTask, load_methods
 from eebench.metrics import SET_SIZE_ALPHA, conformal_set_sizes, evaluate
@@ -98,13 +98,12 @@ def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any]
         else:
             log.info("features: building cache %s: one backbone pass over %s", key,
                      ", ".join(f"{s} ({len(splits.indices[s][1])})" for s in SPLITS))
-            features = {s: extract(adapter, spec.pipeline.dataset(splits, s, model), options.batch_size,
-                                   options.num_workers, desc=f"features {s}", collate_fn=spec.pipeline.collate_fn)
-                        for s in SPLITS}
             costs = profile_exits(adapter, spec.pipeline.example(splits, model), splits.spec.num_classes)
             meta = {"costs": costs.to_dict(), "dataset": dataset, "backbone": spec.name, "weights_sha256": weights_sha,
                     "weights_source": source, "num_exits": adapter.num_blocks, "data_key": splits.key()}
-            cache.save(key, features, meta)
+            cache.build(key, {s: spec.pipeline.dataset(splits, s, model) for s in SPLITS}, adapter, meta,
+                        options.batch_size, options.num_workers, spec.pipeline.collate_fn)
+            features, meta = cache.load(key)
             reused = False
     costs = CostProfile(meta["costs"]["block_muladds"], meta["costs"]["im_muladds"])
     return Prepared(splits, adapter, features, costs, key, reused,

@@ -114,12 +114,13 @@ def test_corrupt_feature_cache(cli, tmp_path, session_cache):
     status, _, _ = cli("run", "--method", "threshold", "--set", "im.epochs=1", "--out", tmp_path / "a")
     assert status == 0
     entry = session_cache / "features" / read_record(tmp_path / "a")["features"]["key"]
-    backup = (entry / "val.safetensors").read_bytes()
+    shard = entry / "val-00000.safetensors"
+    backup = shard.read_bytes()
     try:
-        (entry / "val.safetensors").write_bytes(backup[: len(backup) // 3])   # truncated file
+        shard.write_bytes(backup[: len(backup) // 3])   # truncated file
         status, _, err = cli("run", "--method", "threshold", "--set", "im.epochs=1", "--out", tmp_path / "b")
         line = _one_line_error(err)
-        assert status == 1 and "unreadable" in line and f"rm -rf {entry}" in line
+        assert status == 1 and "unreadable" in line and f"rm -rf {entry}" in line and shard.name in line
         assert not (tmp_path / "b").exists()
     finally:
-        (entry / "val.safetensors").write_bytes(backup)
+        shard.write_bytes(backup)

@@ -113,10 +113,11 @@ def _flipped(path: Path, n: int = 200) -> Iterator[None]:
 def test_flipped_bytes_in_the_feature_cache_are_caught(cli, tmp_path, session_cache):
     assert cli("run", "--method", "threshold", "--out", tmp_path / "a")[0] == 0
     entry = session_cache / "features" / read_record(tmp_path / "a")["features"]["key"]
-    with _flipped(entry / "train.safetensors"):
+    with _flipped(entry / "train-00000.safetensors"):
         status, _, err = cli("run", "--method", "threshold", "--out", tmp_path / "b")
     line = _one_line(err)
     assert status == 1 and "does not match its content hash" in line and f"rm -rf {entry}" in line
+    assert "train-00000.safetensors" in line
     assert not (tmp_path / "b").exists()
 
 

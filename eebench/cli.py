@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("runs"), help="output folder for run records (default ./runs)")
     run.add_argument("--batch-size", type=int, default=256, help="batch size of the backbone pass")
     run.add_argument("--num-workers", type=int, default=1, help="data-loading workers of the backbone pass")
+    run.add_argument("--device", default="auto", help="where the backbone pass runs: auto (default), cpu, cuda, cuda:N")
     add_common_options(run)
     run.set_defaults(handler=cmd_run)
 
@@ -82,12 +83,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from eebench import paths
 
+    from eebench.devices import resolve_device
+
+    resolve_device(args.device)
     config = resolve(args.method, args.dataset, args.backbone, args.seed, args.sets, args.config, args.data_dir)
     paths.writable_dir(args.out, "--out")
     paths.cache_dir(args.cache_dir)
     warn_unused_flags(config.dataset, args)
     log.info("run %s", config.run_id)
-    options = RunOptions(args.data_dir, args.weights_dir, args.cache_dir, args.out, args.batch_size, args.num_workers)
+    options = RunOptions(args.data_dir, args.weights_dir, args.cache_dir, args.out, args.batch_size, args.num_workers,
+                         args.device)
     record = run(config, options)
     print(f"{config.method} on {config.dataset} / {config.backbone} (seed {config.seed}): "
           f"backbone accuracy {100 * record['backbone_accuracy']:.2f} %, "

@@ -46,6 +46,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="return once submitted (SLURM); gather later with --collect")
     p.add_argument("--batch-size", type=int, default=256, help="batch size of the backbone pass")
     p.add_argument("--num-workers", type=int, default=1, help="data-loading workers of the backbone pass")
+    p.add_argument("--device", default="auto",
+                   help="where the backbone pass runs: auto (default), cpu, cuda, cuda:N (a profile's device: wins)")
     add_common_options(p)
     p.set_defaults(handler=cmd_sweep)
 
@@ -59,7 +61,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     configs = expand(grid, args.data_dir)
     paths.writable_dir(args.out, "--out")
     paths.cache_dir(args.cache_dir)
-    options = RunOptions(args.data_dir, args.weights_dir, args.cache_dir, args.out, args.batch_size, args.num_workers)
+    options = RunOptions(args.data_dir, args.weights_dir, args.cache_dir, args.out, args.batch_size, args.num_workers,
+                         args.device)
     if args.dry_run:
         return _dry_run(grid, configs, args)
     if args.collect:

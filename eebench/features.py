@@ -108,14 +108,24 @@ def feature_key(**parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _passes(adapter: Any, loader: DataLoader, desc: str, done_batches: int = 0, total_batches: int | None = None
-            ) -> Any:
-    """Yield ``(im_inputs float16, logits float32, labels int64)`` of each batch of ``loader``."""
-    adapter.eval()
-    with torch.no_grad():
+def _passes(adapter: Any, loader: DataLoader, desc: str, done_batches: int = 0, total_batches: int | None = None,
+            device: torch.device | None = None) -> Any:
+    """Yield ``(im_inputs float16, logits float32, labels int64)`` of each batch of ``loader``, on the
+    CPU. On CUDA the backbone runs under bf16 autocast, channels-last where it has convolutions."""
+    device = device or torch.device("cpu")
+    cuda = device.type == "cuda"
+    adapter.eval().to(device)
+    convs = cuda and any(isinstance(m, torch.nn.Conv2d) for m in adapter.modules())
+    if convs:
+        adapter.to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
         for x, y in tqdm(loader, desc=desc, unit="batch", leave=False, initial=done_batches, total=total_batches):
+            if cuda and hasattr(x, "to"):
+                x = x.to(device, non_blocking=True)
+                if convs and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
             ims, out = adapter.forward_exits(x)
-            yield [f.to(torch.float16) for f in ims], out.float(), torch.as_tensor(y).long()
+            yield [f.to(torch.float16).cpu() for f in ims], out.float().cpu(), torch.as_tensor(y).long()
 
 
 def _gather(parts: list[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]], num_ims: int) -> SplitFeatures:
@@ -172,7 +182,8 @@ def _complete_shards(folder: Path, split: str, num_exits: int) -> tuple[int, int
 
 
 def extract_to(adapter: Any, dataset: Dataset, folder: Path, split: str, batch_size: int = 256,
-               num_workers: int = 1, collate_fn: Callable | None = None, shard_rows: int = SHARD_ROWS) -> int:
+               num_workers: int = 1, collate_fn: Callable | None = None, shard_rows: int = SHARD_ROWS,
+               device: torch.device | None = None) -> int:
     """Run the frozen backbone over ``dataset``, writing ``folder/<split>-NNNNN.safetensors`` shards of
     ``shard_rows`` rows (rounded down to whole batches, at least one) as the pass goes; resumes after
     the shards a previous, interrupted pass completed (whole batches, so the rows are the same).
@@ -188,11 +199,13 @@ def extract_to(adapter: Any, dataset: Dataset, folder: Path, split: str, batch_s
         log.info("features: %s resumes after %d of %d rows (%d shard(s) complete)", split, done, n, i)
     if done >= n:
         return n
+    cuda = device is not None and device.type == "cuda"
     loader = DataLoader(Subset(dataset, range(done, n)), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=collate_fn, persistent_workers=False)
+                        num_workers=num_workers, collate_fn=collate_fn, persistent_workers=False, pin_memory=cuda,
+                        prefetch_factor=4 if cuda and num_workers else None)
     parts, buffered = [], 0
     batches = -(-n // batch_size)
-    for part in _passes(adapter, loader, f"features {split}", done // batch_size, batches):
+    for part in _passes(adapter, loader, f"features {split}", done // batch_size, batches, device):
         parts.append(part)
         buffered += len(part[2])
         if buffered >= per_shard:
@@ -248,15 +261,16 @@ class FeatureCache:
 
     def build(self, key: str, datasets: dict[str, Dataset], adapter: Any, meta: dict[str, Any],
               batch_size: int = 256, num_workers: int = 1, collate_fn: Callable | None = None,
-              shard_rows: int = SHARD_ROWS) -> Path:
-        """Run the backbone over every split into ``.<key>.partial/`` (resuming what an interrupted
-        build of the same key left there), then write ``meta.json`` and rename it into place.
-        Call under :meth:`lock`."""
+              shard_rows: int = SHARD_ROWS, device: torch.device | None = None) -> Path:
+        """Run the backbone (on ``device``, default the CPU) over every split into ``.<key>.partial/``
+        (resuming what an interrupted build of the same key left there), then write ``meta.json``
+        and rename it into place. Call under :meth:`lock`."""
         partial = self.root / f".{key}.partial"
         partial.mkdir(exist_ok=True)
         rows, shards = {}, {}
         for name, dataset in datasets.items():
-            rows[name] = extract_to(adapter, dataset, partial, name, batch_size, num_workers, collate_fn, shard_rows)
+            rows[name] = extract_to(adapter, dataset, partial, name, batch_size, num_workers, collate_fn, shard_rows,
+                                    device)
             shards[name] = len(list(partial.glob(f"{name}-*.safetensors")))
         meta = {**meta, "splits": list(datasets), "rows": rows, "shards": shards}
         (partial / "meta.json").write_text(json.dumps(meta, indent=1, default=str))

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import submitit
 
 from eebench.config import RunConfig, parse_yaml
+from eebench.devices import pop_devices, stage_options
 from eebench.errors import ConfigError, UsageError
 from eebench.grids import Grid
 from eebench.records import clear_failure, has_record, read_failure
@@ -58,11 +59,15 @@ class Profile:
     common: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     init: dict[str, Any] = field(default_factory=dict)
+    devices: dict[str, str] = field(default_factory=dict)   # stage ("" for every stage) -> --device value
 
     def stage(self, name: str) -> dict[str, Any]:
         params = {**self.common, **self.stages.get(name, {})}
         params.setdefault("timeout_min", DEFAULT_TIMEOUT_MIN)
         return params
+
+    def options(self, stage: str, options: "RunOptions") -> "RunOptions":
+        return stage_options(options, self.devices, stage)
 
 
 def load_profile(path: str | Path | None) -> Profile:
@@ -89,7 +94,7 @@ def load_profile(path: str | Path | None) -> Profile:
         raise ConfigError(f"profile {path} must be a mapping of submitit parameters")
     stages = {s: data.pop(s) or {} for s in PROFILE_STAGES if s in data}
     init = {k: data.pop(k) for k in EXECUTOR_INIT_KEYS if k in data}
-    profile = Profile(path, data, stages, init)
+    profile = Profile(path, data, stages, init, pop_devices(data, stages, f"profile {path}"))
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:     # let submitit check every key, with no cluster needed
@@ -306,7 +311,7 @@ def _absolute(options: "RunOptions") -> "RunOptions":
                       weights_dir=ab(paths.weights_dir(options.weights_dir)),
                       cache_dir=ab(paths.cache_dir(options.cache_dir)),
                       out_dir=ab(options.out_dir) or Path("runs").resolve(),
-                      batch_size=options.batch_size, num_workers=options.num_workers)
+                      batch_size=options.batch_size, num_workers=options.num_workers, device=options.device)
 
 
 def _run_inline(groups: dict[FeatureStage, list[RunConfig]], options: RunOptions, log_dir: Path,
@@ -356,7 +361,7 @@ def _submit_slurm(grid: Grid, groups: dict[FeatureStage, list[RunConfig]], optio
     feat_ex = _executor("slurm", log_dir, profile, "features", grid.name)
     if max_parallel:
         feat_ex.update_parameters(slurm_array_parallelism=int(max_parallel))
-    feat_jobs = feat_ex.map_array(FeatureTask(options), stages)
+    feat_jobs = feat_ex.map_array(FeatureTask(profile.options("features", options)), stages)
     units = [_Unit(j, "features", s, []) for j, s in zip(feat_jobs, stages)]
     say(f"submitted {len(feat_jobs)} feature job(s): {', '.join(str(j.job_id) for j in feat_jobs)}")
     extra = dict(profile.stage("runs").get("slurm_additional_parameters") or {})
@@ -368,7 +373,8 @@ def _submit_slurm(grid: Grid, groups: dict[FeatureStage, list[RunConfig]], optio
                                  slurm_additional_parameters={**extra, "kill_on_invalid_dep": "yes"})
         for batch in _chunks(_chunks(groups[stage], runs_per_task), MAX_ARRAY):
             try:
-                jobs = run_ex.map_array(RunTask(options), [[RunTask.item(c) for c in chunk] for chunk in batch])
+                jobs = run_ex.map_array(RunTask(profile.options("runs", options)),
+                                        [[RunTask.item(c) for c in chunk] for chunk in batch])
             except Exception as e:  # noqa: BLE001 - e.g. the feature job already failed: sbatch refuses the dependency
                 say(f"submitting runs of {stage} after job {fjob.job_id} failed ({one_line(str(e))}); "
                     f"waiting for that job")
@@ -379,7 +385,8 @@ def _submit_slurm(grid: Grid, groups: dict[FeatureStage, list[RunConfig]], optio
                 run_ex = _executor("slurm", log_dir, profile, "runs", grid.name)   # no dependency now
                 if max_parallel:
                     run_ex.update_parameters(slurm_array_parallelism=int(max_parallel))
-                jobs = run_ex.map_array(RunTask(options), [[RunTask.item(c) for c in chunk] for chunk in batch])
+                jobs = run_ex.map_array(RunTask(profile.options("runs", options)),
+                                        [[RunTask.item(c) for c in chunk] for chunk in batch])
             units += [_Unit(j, "runs", stage, [c.run_id for c in chunk]) for j, chunk in zip(jobs, batch)]
             ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
             say(f"submitted {len(jobs)} run task(s) of {stage} as array {', '.join(ids)} (after job {fjob.job_id})")
@@ -404,9 +411,9 @@ def _run_local(grid: Grid, groups: dict[FeatureStage, list[RunConfig]], options:
         while queue and len(running) < parallel:
             kind, stage, chunk = queue.pop(0)
             if kind == "features":
-                job = feat_ex.submit(FeatureTask(options, threads), stage)
+                job = feat_ex.submit(FeatureTask(profile.options("features", options), threads), stage)
             else:
-                job = run_ex.submit(RunTask(options, threads), [RunTask.item(c) for c in chunk])
+                job = run_ex.submit(RunTask(profile.options("runs", options), threads), [RunTask.item(c) for c in chunk])
             unit = _Unit(job, kind, stage, [c.run_id for c in chunk])
             running.append(unit)
             units.append(unit)

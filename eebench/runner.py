@@ -19,6 +19,7 @@ from eebench.backbones import BACKBONES
 from eebench.config import RunConfig
 from eebench.costs import CostProfile, profile_exits
 from eebench.data import SPLITS, DataSplits, indices_sha256, load_splits, policy_rows
+from eebench.devices import describe_device, resolve_device
 from eebench.features import FeatureCache, SplitFeatures, feature_key, state_dict_sha256
 from eebench.im_stage import IMStage, im_schedule
 from eebench.method import ExitTask, load_methods
@@ -39,6 +40,7 @@ class RunOptions:
     out_dir: Path = Path("runs")
     batch_size: int = 256
     num_workers: int = 1
+    device: str = "auto"     # of the backbone pass: auto | cpu | cuda[:N] (eebench.devices)
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Prepared:
     key: str
     reused: bool
     weights: dict[str, str]
+    feature_device: str = "cpu"   # where the backbone pass that built the cache ran
 
 
 class Timer:
@@ -101,13 +104,16 @@ def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any]
             costs = profile_exits(adapter, spec.pipeline.example(splits, model), splits.spec.num_classes)
             meta = {"costs": costs.to_dict(), "dataset": dataset, "backbone": spec.name, "weights_sha256": weights_sha,
                     "weights_source": source, "num_exits": adapter.num_blocks, "data_key": splits.key()}
-            cache.build(key, {s: spec.pipeline.dataset(splits, s, model) for s in SPLITS}, adapter, meta,
-                        options.batch_size, options.num_workers, spec.pipeline.collate_fn)
+            device = resolve_device(options.device)
+            cache.build(key, {s: spec.pipeline.dataset(splits, s, model) for s in SPLITS}, adapter,
+                        {**meta, "device": describe_device(device)}, options.batch_size, options.num_workers,
+                        spec.pipeline.collate_fn, device=device)
+            adapter.to("cpu")
             features, meta = cache.load(key)
             reused = False
     costs = CostProfile(meta["costs"]["block_muladds"], meta["costs"]["im_muladds"])
     return Prepared(splits, adapter, features, costs, key, reused,
-                    {"source": source, "sha256": weights_sha})
+                    {"source": source, "sha256": weights_sha}, meta.get("device", "cpu"))
 
 
 def features_key(spec: Any, model: nn.Module, adapter: Any, splits: DataSplits, weights_sha: str | None = None) -> str:
@@ -212,7 +218,7 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
                      "muladds": prep.costs.backbone_muladds, "cost_profile": prep.costs.to_dict()},
         "num_classes": C,
         "splits": {**prep.splits.describe(), **split_info},
-        "features": {"key": prep.key, "reused": prep.reused},
+        "features": {"key": prep.key, "reused": prep.reused, "device": prep.feature_device},
         "ims": {"start": "shared IM stage" if stage.info else "trained by the method", "stage": stage.info},
         "exit_costs": prep.costs.exit_costs(points["test"][0].gate_muladds).tolist() if points["test"] else [],
         "operating_points": rows,

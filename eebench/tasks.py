@@ -132,6 +132,9 @@ class FeatureTask(Checkpointable):
 
         log.info("features of %s %s", stage, stage.params())
         options = _run_options(self.options)
+        slurm_cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or 0)
+        if slurm_cpus > 2:   # decoding workers from the job's CPUs, one left to the main process
+            options.num_workers = max(options.num_workers, slurm_cpus - 1)
         clear_failure(options.out_dir, stage.key)
         try:
             prep = prepare_features(stage.dataset, stage.backbone, stage.params(), options, weights=stage.weights,

@@ -267,6 +267,8 @@ class FeatureCache:
         and rename it into place. Call under :meth:`lock`."""
         partial = self.root / f".{key}.partial"
         partial.mkdir(exist_ok=True)
+        for tmp in partial.glob(".*.tmp"):   # a shard being written when a pass was killed
+            tmp.unlink()
         rows, shards = {}, {}
         for name, dataset in datasets.items():
             rows[name] = extract_to(adapter, dataset, partial, name, batch_size, num_workers, collate_fn, shard_rows,

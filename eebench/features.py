@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -205,7 +206,12 @@ def extract_to(adapter: Any, dataset: Dataset, folder: Path, split: str, batch_s
                         prefetch_factor=4 if cuda and num_workers else None)
     parts, buffered = [], 0
     batches = -(-n // batch_size)
-    for part in _passes(adapter, loader, f"features {split}", done // batch_size, batches, device):
+    for b, part in enumerate(_passes(adapter, loader, f"features {split}", done // batch_size, batches, device)):
+        if b == 0:
+            t_first = time.perf_counter()
+        elif b == 1:
+            left = (time.perf_counter() - t_first) * (batches - done // batch_size - 1)
+            log.info("features: %s, about %.0f s for its %d rows left (from the second batch)", split, left, n - done)
         parts.append(part)
         buffered += len(part[2])
         if buffered >= per_shard:

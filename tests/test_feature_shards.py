@@ -1,5 +1,5 @@
 """The feature cache in shards: written as the pass goes, resumed after an interruption into the
-same bytes as an uninterrupted pass, every shard checked on load (the digits ViT, real data)."""
+same tensors as an uninterrupted pass, every shard checked on load (the digits ViT, real data)."""
 from __future__ import annotations
 
 from pathlib import Path

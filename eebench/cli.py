@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -210,6 +211,17 @@ def cmd_backbone_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def quiet_libraries() -> None:
+    """With ``TQDM_DISABLE`` set, the Hugging Face libraries' own progress bars are off too (they
+    read their switches when imported, or through ``disable_progress_bars`` once they are)."""
+    if os.environ.get("TQDM_DISABLE", "") in ("", "0"):
+        return
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+
+
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that every ``finally`` and lock release runs."""
 
@@ -226,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    quiet_libraries()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:

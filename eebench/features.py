@@ -10,32 +10,124 @@ each shard as soon as its rows are done (atomically, never a whole split in memo
 folder is renamed into place with its ``meta.json`` once every split is done, so nothing that looks
 complete is ever half-written. Every tensor carries a content hash, checked on each load
 (:mod:`eebench.integrity`), so a corrupted shard is reported, by name, not trained on.
+
+A shard holds three tensors: ``im_inputs`` ``[rows, ΣD_k]`` float16 (the K−1 IM inputs side by side,
+their widths in the metadata), ``logits`` ``[rows, C]`` float32 and ``labels`` ``[rows]`` int64.
+A split larger than :data:`IN_MEMORY_BYTES` is not loaded: its rows are read from the shards as a
+method asks for them (:class:`ShardedRows`), so a fit's memory does not grow with the split.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from eebench.errors import CorruptCacheError
-from eebench.integrity import load_verified, save_hashed
+from eebench.integrity import TensorLayout, load_verified, save_hashed, tensor_layouts, verify_file
 
 log = logging.getLogger(__name__)
 
-FEATURES_VERSION = 3   # 2: every tensor carries a content hash (eebench.integrity); 3: splits in shards
+#: 2: every tensor carries a content hash (eebench.integrity); 3: splits in shards; 4: one IM input tensor per shard
+FEATURES_VERSION = 4
 #: Rows per shard (rounded down to whole batches of the pass): 41 MB of T2T-ViT-14 IM inputs.
 SHARD_ROWS = 4096
+#: A split whose IM inputs and logits take more bytes than this stays on disk, read by rows on demand
+#: (:class:`ShardedRows`); smaller ones are loaded into memory. The two give the same tensors.
+IN_MEMORY_BYTES = 2 << 30
+
+
+class ShardedRows:
+    """A tensor ``[N, ...]`` stored across safetensors shards (its rows one shard after another),
+    read from disk on demand: ``rows[idx]`` reads rows ``idx`` only, one ``preadv`` per run of
+    consecutive rows, so memory holds the rows asked for and nothing else (``docs/decisions.md``,
+    "Feature caches larger than memory").
+
+    Args:
+        paths: the shard files, in row order.
+        layouts: where the tensor lies in each shard (:func:`eebench.integrity.verify_file`).
+
+    Raises:
+        ValueError: the shards disagree on the dtype or the row shape.
+    """
+
+    def __init__(self, paths: list[Path], layouts: list[TensorLayout]):
+        self.paths, self.layouts = [Path(p) for p in paths], list(layouts)
+        shapes = {tuple(t.shape[1:]) for t in self.layouts}
+        dtypes = {t.dtype for t in self.layouts}
+        if len(shapes) != 1 or len(dtypes) != 1:
+            raise ValueError(f"shards disagree on the row shape {sorted(shapes)} or dtype {sorted(map(str, dtypes))}")
+        self.row_shape, self.dtype = shapes.pop(), dtypes.pop()
+        self.row_bytes = math.prod(self.row_shape) * self.dtype.itemsize
+        for p, t in zip(self.paths, self.layouts):
+            if t.end - t.begin != t.shape[0] * self.row_bytes:
+                raise ValueError(f"{p.name}: the tensor's byte range does not match its shape")
+        self.starts = np.cumsum([0] + [t.shape[0] for t in self.layouts])
+        self._fds: list[int] | None = None
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((int(self.starts[-1]), *self.row_shape))
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, idx: torch.Tensor | np.ndarray | slice) -> torch.Tensor:
+        """Rows ``idx`` (a slice or integer indices in ``[0, N)``), ``[len(idx), ...]``.
+
+        Raises:
+            IndexError: an index out of range. OSError: a shard cannot be read or is shorter than its header says.
+        """
+        n = len(self)
+        rows = np.arange(n)[idx] if isinstance(idx, slice) else np.asarray(torch.as_tensor(idx).cpu()).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise IndexError(f"row index out of range [0, {n})")
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        out = torch.empty((len(rows), *self.row_shape), dtype=self.dtype)
+        raw = memoryview(out.view(-1).view(torch.uint8).numpy())
+        shard = np.searchsorted(self.starts, ordered, side="right") - 1
+        cuts = np.flatnonzero((np.diff(ordered) != 1) | (np.diff(shard) != 0)) + 1
+        fds = self._open()
+        rb = self.row_bytes
+        for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(rows)]):
+            if a == b:
+                continue
+            s = int(shard[a])
+            offset = self.layouts[s].begin + int(ordered[a] - self.starts[s]) * rb
+            if os.preadv(fds[s], [raw[a * rb:b * rb]], offset) != (b - a) * rb:
+                raise OSError(f"{self.paths[s].name} is shorter than its header says")
+        if not np.array_equal(order, np.arange(len(rows))):
+            out[torch.from_numpy(order)] = out.clone()
+        return out
+
+    def _open(self) -> list[int]:
+        if self._fds is None:
+            self._fds = [os.open(p, os.O_RDONLY) for p in self.paths]
+        return self._fds
+
+    def close(self) -> None:
+        for fd in self._fds or []:
+            os.close(fd)
+        self._fds = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fds": None}
 
 
 @dataclass
@@ -44,25 +136,27 @@ class SplitFeatures:
 
     The K−1 IM inputs are held as one row-major float16 tensor ``stacked`` ``[N, ΣD_k]`` (as cached),
     so that a mini-batch of every IM input is one row gather, converted to float32 (:meth:`rows`).
+    ``stacked`` and ``logits`` are in memory, or, for a split too large for it, :class:`ShardedRows`
+    read from the cache's shards on demand (:meth:`FeatureCache.load`); both index the same way.
 
     Attributes:
         stacked: ``[N, ΣD_k]`` float16, the IM inputs after blocks 1..K−1 side by side.
         dims: ``[D_1..D_{K−1}]``.
         logits: ``[N, C]`` float32, the backbone's own classifier (exit K).
-        labels: ``[N]`` int64.
+        labels: ``[N]`` int64 (always in memory).
     """
 
-    im_inputs_f16: InitVar[list[torch.Tensor]]
-    logits: torch.Tensor
+    stacked: torch.Tensor | ShardedRows
+    dims: list[int]
+    logits: torch.Tensor | ShardedRows
     labels: torch.Tensor
-    stacked: torch.Tensor = field(init=False)
-    dims: list[int] = field(init=False)
 
-    def __post_init__(self, im_inputs_f16: list[torch.Tensor]) -> None:
-        self.dims = [int(x.shape[1]) for x in im_inputs_f16]
-        self.stacked = torch.empty(self.labels.shape[0], sum(self.dims), dtype=torch.float16)
-        for view, x in zip(self.stacked.split(self.dims, 1), im_inputs_f16):
-            view.copy_(x)
+    @classmethod
+    def from_im_inputs(cls, im_inputs: list[torch.Tensor], logits: torch.Tensor, labels: torch.Tensor
+                       ) -> "SplitFeatures":
+        """From the K−1 IM inputs ``[N, D_k]`` (stored as float16), logits ``[N, C]`` and labels ``[N]``."""
+        return cls(torch.cat([x.to(torch.float16) for x in im_inputs], 1), [int(x.shape[1]) for x in im_inputs],
+                   logits, labels)
 
     @property
     def n(self) -> int:
@@ -71,6 +165,11 @@ class SplitFeatures:
     @property
     def num_exits(self) -> int:
         return len(self.dims) + 1
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the rows are read from the cache's shards on demand."""
+        return isinstance(self.stacked, ShardedRows)
 
     @property
     def im_inputs(self) -> list[torch.Tensor]:
@@ -83,14 +182,17 @@ class SplitFeatures:
 
     @classmethod
     def concat(cls, parts: list["SplitFeatures"]) -> "SplitFeatures":
-        """The rows of ``parts`` one after the other (shards of one split)."""
-        out = cls([], torch.cat([p.logits for p in parts]), torch.cat([p.labels for p in parts]))
-        out.stacked, out.dims = torch.cat([p.stacked for p in parts]), list(parts[0].dims)
-        return out
+        """The rows of ``parts`` (in memory) one after the other (shards of one split)."""
+        return cls(torch.cat([p.stacked for p in parts]), list(parts[0].dims), torch.cat([p.logits for p in parts]),
+                   torch.cat([p.labels for p in parts]))
+
+    def in_memory(self) -> "SplitFeatures":
+        """This split with every tensor in memory (itself where it already is)."""
+        return self.subset(slice(None)) if self.on_disk else self
 
     def subset(self, idx: torch.Tensor) -> "SplitFeatures":
-        """The rows ``idx`` (a LongTensor or slice) of every tensor."""
-        return SplitFeatures(list(self.stacked[idx].split(self.dims, 1)), self.logits[idx], self.labels[idx])
+        """The rows ``idx`` (a LongTensor or slice) of every tensor, in memory."""
+        return SplitFeatures(self.stacked[idx], list(self.dims), self.logits[idx], self.labels[idx])
 
 
 def state_dict_sha256(model: torch.nn.Module) -> str:
@@ -130,8 +232,8 @@ def _passes(adapter: Any, loader: DataLoader, desc: str, done_batches: int = 0, 
 
 
 def _gather(parts: list[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]], num_ims: int) -> SplitFeatures:
-    return SplitFeatures([torch.cat([p[0][k] for p in parts]) for k in range(num_ims)],
-                         torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]))
+    return SplitFeatures.from_im_inputs([torch.cat([p[0][k] for p in parts]) for k in range(num_ims)],
+                                        torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]))
 
 
 def extract(adapter: Any, dataset: Dataset, batch_size: int = 256, num_workers: int = 1,
@@ -147,18 +249,44 @@ def extract(adapter: Any, dataset: Dataset, batch_size: int = 256, num_workers: 
 
 
 def _save(split: SplitFeatures, path: Path) -> None:
-    tensors = {f"im_input_{k + 1}": x.contiguous() for k, x in enumerate(split.stacked.split(split.dims, 1))}
-    tensors.update(logits=split.logits.contiguous(), labels=split.labels.contiguous())
-    save_hashed(tensors, path)
+    save_hashed({"im_inputs": split.stacked, "logits": split.logits, "labels": split.labels}, path,
+                metadata={"eebench_dims": json.dumps(split.dims)})
+
+
+def _check_shard(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str], num_exits: int) -> list[int]:
+    """The IM input dims of a shard, after checking its tensors agree with each other and with K."""
+    dims = json.loads(metadata["eebench_dims"])
+    if len(dims) != num_exits - 1 or shapes["im_inputs"][1:] != (sum(dims),):
+        raise ValueError(f"IM inputs of shape {shapes['im_inputs']} do not match K = {num_exits}, dims {dims}")
+    if not shapes["logits"][0] == shapes["im_inputs"][0] == shapes["labels"][0]:
+        raise ValueError("row counts differ between tensors")
+    return dims
 
 
 def _load(path: Path, num_exits: int) -> SplitFeatures:
-    t, _ = load_verified(path)
-    im_inputs = [t[f"im_input_{k}"] for k in range(1, num_exits)]
-    split = SplitFeatures(im_inputs, t["logits"].float(), t["labels"].long())
-    if any(x.shape[0] != split.n for x in im_inputs) or split.logits.shape[0] != split.n:
-        raise ValueError("row counts differ between tensors")
-    return split
+    t, metadata = load_verified(path)
+    dims = _check_shard({k: tuple(v.shape) for k, v in t.items()}, metadata, num_exits)
+    return SplitFeatures(t["im_inputs"], dims, t["logits"].float(), t["labels"].long())
+
+
+def _open_on_disk(paths: list[Path], num_exits: int) -> SplitFeatures:
+    """A split whose IM inputs and logits stay in its shards (:class:`ShardedRows`), each shard
+    checked against its content hashes first (read in chunks).
+
+    Raises:
+        ValueError, OSError: a shard fails its check or cannot be read; the message names it.
+    """
+    layouts, dims = [], None
+    for path in paths:
+        try:
+            lay, metadata = verify_file(path)
+            dims = _check_shard({k: v.shape for k, v in lay.items()}, metadata, num_exits)
+        except (ValueError, OSError, KeyError) as e:
+            raise ValueError(f"{path.name}: {e}") from e
+        layouts.append(lay)
+    labels = ShardedRows(paths, [lay["labels"] for lay in layouts])[:]
+    return SplitFeatures(ShardedRows(paths, [lay["im_inputs"] for lay in layouts]), dims,
+                         ShardedRows(paths, [lay["logits"] for lay in layouts]), labels.long())
 
 
 def shard_name(split: str, i: int) -> str:
@@ -239,23 +367,35 @@ class FeatureCache:
     def exists(self, key: str) -> bool:
         return (self.path(key) / "meta.json").exists()
 
-    def load(self, key: str) -> tuple[dict[str, SplitFeatures], dict[str, Any]]:
-        """Load every split of entry ``key`` (its shards, concatenated).
+    def load(self, key: str, in_memory_bytes: int | None = None) -> tuple[dict[str, SplitFeatures], dict[str, Any]]:
+        """Every split of entry ``key``: its shards concatenated in memory, or, where its IM inputs and
+        logits take more than ``in_memory_bytes`` (default :data:`IN_MEMORY_BYTES`), left on disk and
+        read by rows on demand. Every shard is checked against its content hashes either way.
 
         Raises:
             CorruptCacheError: the entry or one of its shards (named) cannot be read or is inconsistent.
         """
+        limit = IN_MEMORY_BYTES if in_memory_bytes is None else in_memory_bytes
         folder = self.path(key)
         where = folder / "meta.json"
         try:
             meta = json.loads(where.read_text())
             splits = {}
             for s in meta["splits"]:
-                shards = []
-                for i in range(meta["shards"][s]):
-                    where = folder / shard_name(s, i)
-                    shards.append(_load(where, meta["num_exits"]))
-                split = SplitFeatures.concat(shards)
+                paths = [folder / shard_name(s, i) for i in range(meta["shards"][s])]
+                size = 0
+                for where in paths:
+                    lay, _ = tensor_layouts(where)
+                    size += sum(lay[t].end - lay[t].begin for t in ("im_inputs", "logits"))
+                if size > limit:
+                    where = folder / f"{s}-*.safetensors"
+                    split = _open_on_disk(paths, meta["num_exits"])
+                    log.info("features: %s (%.1f GiB) is read from disk by rows", s, size / 2 ** 30)
+                else:
+                    shards = []
+                    for where in paths:
+                        shards.append(_load(where, meta["num_exits"]))
+                    split = SplitFeatures.concat(shards)
                 if split.n != meta["rows"][s]:
                     raise ValueError(f"{s} has {split.n} rows, meta.json says {meta['rows'][s]}")
                 splits[s] = split

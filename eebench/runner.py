@@ -154,14 +154,16 @@ def carve_policy(train: SplitFeatures, val: SplitFeatures, val_rows: tuple[str, 
 
 def exit_task(prep: Prepared, config: RunConfig, cache_dir: Path | None = None,
               progress: Any = tqdm_progress) -> tuple[ExitTask, IMStage, dict[str, Any]]:
-    """What a method of ``config`` may fit on: the features of ``train``, the policy and val halves
-    of ``val`` (:func:`carve_policy`), the cost profile and the shared IM stage of ``prep``.
+    """What a method of ``config`` may fit on: the features of ``train`` (read from disk by rows where
+    the cache left it there), the policy and val halves of ``val`` (in memory, :func:`carve_policy`),
+    the cost profile and the shared IM stage of ``prep``.
 
     Returns:
         ``(task, im_stage, splits_info)``.
     """
     f, C = prep.features, prep.splits.spec.num_classes
-    policy, val, split_info = carve_policy(f["train"], f["val"], prep.splits.indices["val"], config.dataset_params)
+    policy, val, split_info = carve_policy(f["train"], f["val"].in_memory(), prep.splits.indices["val"],
+                                           config.dataset_params)
     stage = IMStage(paths.cache_dir(cache_dir), prep.key,
                     lambda: nn.ModuleList(prep.adapter.make_im(k, C) for k in range(1, prep.costs.num_exits)),
                     f["train"], val, config.im_params, config.seed, progress)
@@ -191,7 +193,7 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     with timer.stage("fit"):
         fitted = method.fit(task, config.method_params, config.seed)
-    splits = {"val": val, "calib": f["calib"], "test": f["test"]}
+    splits = {"val": val, "calib": f["calib"].in_memory(), "test": f["test"].in_memory()}
     with timer.stage("predict"):
         points = {s: fitted.predict(splits[s]) for s in splits}
     with timer.stage("metrics"):
@@ -205,7 +207,7 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
             rows.append({"setting": p_test.setting, **m,
                          "val": {"accuracy": v["accuracy"], "cost": v["cost"], "ece": v["ece"]}})
             set_sizes.append(conformal_set_sizes(p_test, p_calib, labels["calib"], SET_SIZE_ALPHA))
-    backbone_acc = float((f["test"].logits.argmax(1) == f["test"].labels).float().mean())
+    backbone_acc = float((splits["test"].logits.argmax(1) == splits["test"].labels).float().mean())
     timer.seconds["total"] = round(time.perf_counter() - t_start, 3)
     record = {
         "run_id": config.run_id,

@@ -77,3 +77,43 @@ def test_a_shard_that_fails_its_check_is_named(digits_pass, tmp_path: Path) -> N
     shard.write_bytes(shard.read_bytes()[:-64])
     with pytest.raises(CorruptCacheError, match="train-00001.safetensors"):
         cache.load("k")
+
+
+def test_a_split_read_from_disk_gives_the_rows_held_in_memory(digits_pass, tmp_path: Path) -> None:
+    adapter, datasets = digits_pass
+    cache = FeatureCache(tmp_path)
+    cache.build("k", datasets, adapter, {"num_exits": adapter.num_blocks}, batch_size=64, num_workers=0, shard_rows=256)
+    memory, _ = cache.load("k")
+    disk, _ = cache.load("k", in_memory_bytes=0)
+    for name, split in memory.items():
+        other = disk[name]
+        assert other.on_disk and not split.on_disk and torch.equal(other.labels, split.labels)
+        idx = torch.randperm(split.n, generator=torch.Generator().manual_seed(0))[:300]   # across shards
+        for a, b in zip(split.rows(idx), other.rows(idx)):
+            assert torch.equal(a, b)
+        assert torch.equal(split.logits[idx], other.logits[idx])
+        assert torch.equal(split.stacked[100:700], other.stacked[100:700])
+    with pytest.raises(IndexError):
+        disk["train"].rows(torch.tensor([disk["train"].n]))
+    shard = cache.path("k") / "train-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0xFF                        # one flipped byte in the labels' neighbour, logits
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptCacheError, match="train-00002.safetensors.*content hash"):
+        cache.load("k", in_memory_bytes=0)
+
+
+def test_a_run_on_features_read_from_disk_gives_the_same_record(cli, tmp_path: Path, monkeypatch) -> None:
+    """JEI-DNN trains its IMs and gates on train by mini-batches: read from the shards, row by row,
+    they are the same numbers."""
+    from conftest import read_record
+    from test_devices import without_timings
+
+    from eebench import features
+
+    flags = ["run", "--method", "jei", "--dataset", "digits"]
+    assert cli(*flags, "--out", tmp_path / "memory")[0] == 0
+    monkeypatch.setattr(features, "IN_MEMORY_BYTES", 0)
+    assert cli(*flags, "--out", tmp_path / "disk")[0] == 0
+    a, b = without_timings(read_record(tmp_path / "memory")), without_timings(read_record(tmp_path / "disk"))
+    assert a["operating_points"] and not [k for k in a if a[k] != b.get(k)]

@@ -5,13 +5,13 @@ of ``methods.md``. Scores are "higher means more ready to exit" (max softmax, or
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from eebench.features import SplitFeatures
-from eebench.method import FittedMethod, OperatingPoint
+from eebench.method import FittedMethod, OperatingPoint, pack
 
 
 def budget_shares(q: float, num_exits: int) -> np.ndarray:
@@ -86,17 +86,25 @@ class ThresholdPolicy(FittedMethod):
 
     Args:
         probs_fn: split features → ``[N, K, C]`` probabilities of every exit.
-        val: the validation split's features.
+        val: the validation split's features (None with ``thresholds``).
         q_grid: budget levels (default :data:`Q_GRID`).
+        modules: the modules ``probs_fn`` runs (``{"ims": ...}``), saved by :meth:`state`.
+        settings: what else the method needs to rebuild ``probs_fn`` (e.g. BoostedNet's γ).
+        thresholds: ``[Q, K]`` thresholds already searched (a restored policy), instead of ``val``.
     """
 
-    def __init__(self, probs_fn: Callable[[SplitFeatures], torch.Tensor], val: SplitFeatures,
-                 q_grid: Sequence[float] | None = None):
+    def __init__(self, probs_fn: Callable[[SplitFeatures], torch.Tensor], val: SplitFeatures | None,
+                 q_grid: Sequence[float] | None = None, modules: dict[str, torch.nn.Module] | None = None,
+                 settings: dict[str, Any] | None = None, thresholds: torch.Tensor | None = None):
         self.probs_fn = probs_fn
         self.q_grid = list(q_grid if q_grid is not None else Q_GRID)
-        conf = probs_fn(val).amax(-1).numpy()
-        self.thresholds = {q: msdnet_thresholds(conf, q) for q in self.q_grid}
-        self.gate_muladds = [0] * (conf.shape[1] - 1)
+        self.modules, self.settings = dict(modules or {}), dict(settings or {})
+        if thresholds is None:
+            conf = probs_fn(val).amax(-1).numpy()
+            self.thresholds = {q: msdnet_thresholds(conf, q) for q in self.q_grid}
+        else:
+            self.thresholds = {q: T.numpy() for q, T in zip(self.q_grid, thresholds.double())}
+        self.gate_muladds = [0] * (len(next(iter(self.thresholds.values()))) - 1)
 
     def predict(self, split: SplitFeatures) -> list[OperatingPoint]:
         """Operating points ``[{q: ...}]`` on ``split``, sharing one ``[N, K, C]`` probability tensor."""
@@ -104,3 +112,17 @@ class ThresholdPolicy(FittedMethod):
         conf = probs.amax(-1).numpy()
         return [OperatingPoint({"q": q}, apply_thresholds(conf, T), probs, self.gate_muladds)
                 for q, T in self.thresholds.items()]
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The modules and the ``[Q, K]`` float64 thresholds; settings: ``q_grid`` and :attr:`settings`."""
+        T = torch.as_tensor(np.stack(list(self.thresholds.values())), dtype=torch.float64)
+        return pack(**self.modules, thresholds=T), {**self.settings, "q_grid": self.q_grid}
+
+
+def ims_policy(ims: torch.nn.ModuleList, val: SplitFeatures | None, q_grid: Sequence[float],
+               thresholds: torch.Tensor | None = None) -> ThresholdPolicy:
+    """Thresholds on the max softmax of K−1 plain IMs and the frozen classifier (the threshold
+    baseline, L2W-DEN): searched on ``val``, or given (``[Q, K]``, a restored policy)."""
+    from eebench.training import exit_probs
+
+    return ThresholdPolicy(lambda split: exit_probs(ims, split), val, q_grid, {"ims": ims}, thresholds=thresholds)

@@ -28,7 +28,8 @@ class ExitTask:
     """Everything a method may use to fit: never the ``calib`` or ``test`` split.
 
     Attributes:
-        train: features the IMs learn on.
+        train: features the IMs learn on, by mini-batches (``rows(idx)``, ``logits[idx]``,
+            ``labels[idx]``): a large split stays on disk (:class:`~eebench.features.ShardedRows`).
         policy: features the exit policy learns on (thresholds, gates, schedulers): the same rule
             for every method (``docs/decisions.md``, "Where exit policies learn").
         val: features every choice is made on (among a method's settings, early stopping).
@@ -98,6 +99,33 @@ class FittedMethod:
         """Operating points for every sample of ``split``, one per knob setting."""
         raise NotImplementedError
 
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """What :meth:`ExitMethod.restore` rebuilds this fitted method from, without refitting:
+        ``(tensors, settings)``: the parameters of its IMs, gates and schedulers and its thresholds
+        (:func:`pack`), and JSON-able settings (the knob values, the shapes to rebuild)."""
+        raise NotImplementedError
+
+
+def pack(**parts: nn.Module | torch.Tensor) -> dict[str, torch.Tensor]:
+    """Tensors to save: a module's state as ``<name>.<key>``, a tensor as ``<name>`` (CPU, contiguous copies)."""
+    out = {}
+    for name, part in parts.items():
+        items = part.state_dict().items() if isinstance(part, nn.Module) else [(None, part)]
+        for key, t in items:
+            out[name if key is None else f"{name}.{key}"] = t.detach().cpu().contiguous().clone()
+    return out
+
+
+def unpack(tensors: dict[str, torch.Tensor], name: str, module: nn.Module) -> nn.Module:
+    """Load the ``<name>.*`` tensors of :func:`pack` into ``module`` (strictly) and return it, in eval mode.
+
+    Raises:
+        RuntimeError: missing or unexpected keys, or shapes that differ (a module built unlike the saved one).
+    """
+    prefix = f"{name}."
+    module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    return module.eval()
+
 
 class ExitMethod:
     """Base class of a method plugin.
@@ -125,6 +153,18 @@ class ExitMethod:
 
         Raises:
             NonFiniteLossError: a loss became NaN or infinite.
+        """
+        raise NotImplementedError
+
+    def restore(self, tensors: dict[str, torch.Tensor], settings: dict[str, Any],
+                make_ims: Callable[[], nn.ModuleList]) -> FittedMethod:
+        """The fitted method :meth:`FittedMethod.state` described, rebuilt without training.
+
+        Args:
+            make_ims: ``() -> nn.ModuleList`` of K−1 fresh IMs (the backbone's IM design).
+
+        Raises:
+            RuntimeError, KeyError: ``tensors`` or ``settings`` do not fit this method and IM design.
         """
         raise NotImplementedError
 

@@ -1,6 +1,7 @@
 """One run: dataset → frozen backbone → feature cache → method → operating points → metrics → record."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import contextmanager
@@ -22,12 +23,17 @@ from eebench.data import SPLITS, DataSplits, indices_sha256, load_splits, policy
 from eebench.devices import describe_device, resolve_device
 from eebench.features import FeatureCache, SplitFeatures, feature_key, state_dict_sha256
 from eebench.im_stage import IMStage, im_schedule
-from eebench.method import ExitTask, load_methods
+from eebench.method import ExitTask, FittedMethod, load_methods
 from eebench.metrics import SET_SIZE_ALPHA, conformal_set_sizes, evaluate
+from eebench.integrity import save_hashed
 from eebench.records import git_revision, versions, write_json, write_npz
 from eebench.weights import load_backbone
 
 log = logging.getLogger(__name__)
+
+#: The fitted IMs, gates, schedulers and thresholds of a run, beside its record (:func:`save_exits`).
+EXITS_FILE = "exits.safetensors"
+EXITS_VERSION = 1
 
 
 @dataclass
@@ -55,6 +61,11 @@ class Prepared:
     reused: bool
     weights: dict[str, str]
     feature_device: str = "cpu"   # where the backbone pass that built the cache ran
+
+    def make_ims(self) -> nn.ModuleList:
+        """K−1 fresh IMs of the backbone's IM design for the dataset's C classes."""
+        C = self.splits.spec.num_classes
+        return nn.ModuleList(self.adapter.make_im(k, C) for k in range(1, self.costs.num_exits))
 
 
 class Timer:
@@ -164,9 +175,8 @@ def exit_task(prep: Prepared, config: RunConfig, cache_dir: Path | None = None,
     f, C = prep.features, prep.splits.spec.num_classes
     policy, val, split_info = carve_policy(f["train"], f["val"].in_memory(), prep.splits.indices["val"],
                                            config.dataset_params)
-    stage = IMStage(paths.cache_dir(cache_dir), prep.key,
-                    lambda: nn.ModuleList(prep.adapter.make_im(k, C) for k in range(1, prep.costs.num_exits)),
-                    f["train"], val, config.im_params, config.seed, progress)
+    stage = IMStage(paths.cache_dir(cache_dir), prep.key, prep.make_ims, f["train"], val, config.im_params,
+                    config.seed, progress)
     task = ExitTask(f["train"], policy, val, C, prep.costs, lambda k: prep.adapter.make_im(k, C), stage,
                     im_schedule(config.im_params), progress)
     return task, stage, split_info
@@ -231,6 +241,8 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out = Path(options.out_dir) / config.run_id
+    out.mkdir(parents=True, exist_ok=True)
+    save_exits(out / EXITS_FILE, config.method, fitted)
     answered = [p.answered_probs for p in points["test"]]
     write_npz(out / "samples.npz", labels=labels["test"].astype(np.int16),
               exit_index=np.stack([p.exit_index for p in points["test"]]).astype(np.int16),
@@ -239,6 +251,15 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
               set_size=np.stack(set_sizes).astype(np.int16))
     write_json(out / "record.json", record)
     return record
+
+
+def save_exits(path: Path, method: str, fitted: FittedMethod) -> None:
+    """Write ``fitted``'s state (:meth:`~eebench.method.FittedMethod.state`) to ``path`` atomically,
+    each tensor with its content hash, the method and its settings in the metadata, so that the
+    run can be replayed without refitting (:func:`eebench.replay.load_fitted`)."""
+    tensors, settings = fitted.state()
+    save_hashed(tensors, path, metadata={"eebench_exits": json.dumps(
+        {"method": method, "settings": settings, "version": EXITS_VERSION})})
 
 
 def summary_table(record: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ nothing.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from torch import nn
 from eebench.errors import ConfigError
 from eebench.exit_policy import Q_GRID, ThresholdPolicy
 from eebench.features import SplitFeatures
-from eebench.method import ExitMethod, ExitTask, register_method
+from eebench.method import ExitMethod, ExitTask, register_method, unpack
 from eebench.params import NON_NEGATIVE, POSITIVE, Each, OneOf, Range
 from eebench.training import SGDSchedule, all_exit_logits, eval_mode, train_ims
 
@@ -143,4 +143,10 @@ class Boosted(ExitMethod):
             train_boosted_ims(ims, task.train, task.val, gamma, schedule, torch.Generator().manual_seed(seed),
                               where=f"boosted (gamma={gamma}): IM training", progress=bar)
         return ThresholdPolicy(lambda split: boosted_probs(ims, split, gamma, final_exit), task.policy,
-                               params["q_grid"])
+                               params["q_grid"], {"ims": ims}, {"gamma": gamma, "final_exit": final_exit})
+
+    def restore(self, tensors: dict[str, torch.Tensor], settings: dict[str, Any],
+                make_ims: Callable[[], nn.ModuleList]) -> ThresholdPolicy:
+        ims, gamma, final_exit = unpack(tensors, "ims", make_ims()), settings["gamma"], settings["final_exit"]
+        return ThresholdPolicy(lambda split: boosted_probs(ims, split, gamma, final_exit), None, settings["q_grid"],
+                               {"ims": ims}, dict(settings), tensors["thresholds"])

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from torch import nn
 
 from eebench.costs import module_muladds
 from eebench.features import SplitFeatures
-from eebench.method import ExitMethod, ExitTask, FittedMethod, OperatingPoint, register_method
+from eebench.method import ExitMethod, ExitTask, FittedMethod, OperatingPoint, pack, register_method, unpack
 from eebench.params import NON_NEGATIVE, OPEN_UNIT, POSITIVE, Each, Range
 from eebench.training import (SGD_CONSTRAINTS, SGDSchedule, StackedIMs, check_finite, cycle_minibatches, eval_mode, im_logits,
                               minibatches, per_exit_ce)
@@ -193,6 +193,11 @@ class DiffBranchFitted(FittedMethod):
                                          self.gate_muladds))
         return points
 
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The gated IMs of every β (``ims_<m>``)."""
+        return pack(**{f"ims_{m}": ims for m, ims in enumerate(self.ims)}), {"betas": self.betas,
+                                                                              "gate_muladds": self.gate_muladds}
+
 
 @register_method
 class DiffBranch(ExitMethod):
@@ -238,6 +243,12 @@ class DiffBranch(ExitMethod):
         order = sorted(range(total), key=lambda i: [*first.betas, *second.betas][i])
         merged = [*zip(first.betas, first.ims), *zip(second.betas, second.ims)]
         return DiffBranchFitted([merged[i][0] for i in order], [merged[i][1] for i in order], gate_muladds)
+
+    def restore(self, tensors: dict[str, torch.Tensor], settings: dict[str, Any],
+                make_ims: Callable[[], nn.ModuleList]) -> DiffBranchFitted:
+        ims = [unpack(tensors, f"ims_{m}", nn.ModuleList(GatedIM(im, 0.5) for im in make_ims()))
+               for m in range(len(settings["betas"]))]
+        return DiffBranchFitted(list(settings["betas"]), ims, list(settings["gate_muladds"]))
 
     @staticmethod
     @torch.no_grad()

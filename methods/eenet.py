@@ -38,7 +38,7 @@ part of the operating point's setting. One operating point per budget. Only g_k 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ from eebench.costs import module_muladds
 from eebench.errors import ConfigError
 from eebench.exit_policy import apply_thresholds, thresholds_from_counts
 from eebench.features import SplitFeatures
-from eebench.method import ExitMethod, ExitTask, FittedMethod, OperatingPoint, register_method
+from eebench.method import ExitMethod, ExitTask, FittedMethod, OperatingPoint, pack, register_method, unpack
 from eebench.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Each
 from eebench.training import check_finite, exit_probs, minibatches
 
@@ -260,6 +260,14 @@ class EENetFitted(FittedMethod):
         return [OperatingPoint(dict(setting), apply_thresholds(g_logits[m].double().numpy(), T), probs,
                                self.gate_muladds) for setting, m, T in self.chosen]
 
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """IMs, the M stacked schedulers and the ``[budgets, K]`` float64 thresholds; settings: each
+        budget's setting and scheduler index, the schedulers' shape."""
+        T = torch.as_tensor(np.stack([t for _, _, t in self.chosen]), dtype=torch.float64)
+        return pack(ims=self.ims, scheduler=self.scheduler, thresholds=T), {
+            "chosen": [[setting, m] for setting, m, _ in self.chosen], "gate_muladds": self.gate_muladds,
+            "models": int(self.scheduler.g_weight.shape[0]), "hidden": int(self.scheduler.h_weight1.shape[-1])}
+
 
 @register_method
 class EENet(ExitMethod):
@@ -315,6 +323,14 @@ class EENet(ExitMethod):
                 best[B] = (key, {"budget": B, "alpha_ce": a_ce, "alpha_cost": a_cost}, m, T)
         chosen = [best[B][1:] for B in budgets]
         return EENetFitted(ims, scheduler, chosen, gate_muladds)
+
+    def restore(self, tensors: dict[str, torch.Tensor], settings: dict[str, Any],
+                make_ims: Callable[[], nn.ModuleList]) -> EENetFitted:
+        ims = unpack(tensors, "ims", make_ims())
+        scheduler = EENetScheduler(len(ims) + 1, settings["hidden"], models=settings["models"])
+        chosen = [(dict(setting), int(m), T.numpy()) for (setting, m), T in
+                  zip(settings["chosen"], tensors["thresholds"])]
+        return EENetFitted(ims, unpack(tensors, "scheduler", scheduler), chosen, list(settings["gate_muladds"]))
 
     @staticmethod
     def _fit_schedulers(features: torch.Tensor, q: torch.Tensor, r: torch.Tensor, costs: torch.Tensor,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from torch import nn
 
 from eebench.costs import module_muladds
 from eebench.features import SplitFeatures
-from eebench.method import ExitMethod, ExitTask, FittedMethod, OperatingPoint, register_method
+from eebench.method import ExitMethod, ExitTask, FittedMethod, OperatingPoint, pack, register_method, unpack
 from eebench.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Each, OneOf
 from eebench.training import (SGD_CONSTRAINTS, SGD_DEFAULTS, SGDSchedule, StackedIMs, check_finite, cycle_minibatches,
                               eval_mode, im_logits, minibatches, per_exit_ce)
@@ -172,6 +172,12 @@ class JEIFitted(FittedMethod):
                                probs[m if probs.shape[0] > 1 else 0], self.gate_muladds)
                 for m, lam in enumerate(self.lams)]
 
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The IMs (one set, or the M stacked sets of ``im_loss: weighted``) and the gates of every λ."""
+        stacked = isinstance(self.ims, StackedIMs)
+        return pack(ims=self.ims, gates=self.gates), {"lambdas": self.lams, "stacked_ims": stacked,
+                                                      "gate_muladds": self.gate_muladds}
+
 
 @register_method
 class JEI(ExitMethod):
@@ -205,6 +211,13 @@ class JEI(ExitMethod):
         with task.progress("jei", schedule.epochs) as bar:
             self._train_joint(ims, gates, task, lams, costs, params, schedule, torch.Generator().manual_seed(seed), bar)
         return JEIFitted(lams, ims, gates, gate_muladds)
+
+    def restore(self, tensors: dict[str, torch.Tensor], settings: dict[str, Any],
+                make_ims: Callable[[], nn.ModuleList]) -> JEIFitted:
+        lams, fresh = list(settings["lambdas"]), make_ims()
+        ims = unpack(tensors, "ims", StackedIMs(fresh, len(lams)) if settings["stacked_ims"] else fresh)
+        gates = unpack(tensors, "gates", JEIGates(len(fresh) + 1, len(lams)))
+        return JEIFitted(lams, ims, gates, list(settings["gate_muladds"]))
 
     @staticmethod
     @torch.no_grad()

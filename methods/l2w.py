@@ -42,7 +42,7 @@ Test: the MSDNet threshold search on the max softmax on the policy split
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,11 +50,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from eebench.exit_policy import Q_GRID, ThresholdPolicy, apply_thresholds, msdnet_thresholds
+from eebench.exit_policy import Q_GRID, ThresholdPolicy, apply_thresholds, ims_policy, msdnet_thresholds
 from eebench.features import SplitFeatures
-from eebench.method import ExitMethod, ExitTask, register_method
+from eebench.method import ExitMethod, ExitTask, register_method, unpack
 from eebench.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Each, Range
-from eebench.training import BestState, IMStack, check_finite, exit_probs, im_val_error, minibatches, per_exit_ce
+from eebench.training import BestState, IMStack, check_finite, im_val_error, minibatches, per_exit_ce
 
 
 class WeightPredictionNet(nn.Module):
@@ -275,4 +275,8 @@ class L2W(ExitMethod):
                 best.update([im_val_error(ims, task.val).sum()], epoch)
                 bar.update(1)
         best.restore()
-        return ThresholdPolicy(lambda split: exit_probs(ims, split), task.policy, params["q_grid"])
+        return ims_policy(ims, task.policy, params["q_grid"])
+
+    def restore(self, tensors: dict[str, torch.Tensor], settings: dict[str, Any],
+                make_ims: Callable[[], nn.ModuleList]) -> ThresholdPolicy:
+        return ims_policy(unpack(tensors, "ims", make_ims()), None, settings["q_grid"], tensors["thresholds"])

@@ -7,12 +7,14 @@ Efficient Image Classification", ICLR 2018.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from eebench.exit_policy import Q_GRID, ThresholdPolicy
-from eebench.method import ExitMethod, ExitTask, register_method
+import torch
+from torch import nn
+
+from eebench.exit_policy import Q_GRID, ThresholdPolicy, ims_policy
+from eebench.method import ExitMethod, ExitTask, register_method, unpack
 from eebench.params import POSITIVE, Each
-from eebench.training import exit_probs
 
 
 @register_method
@@ -26,5 +28,8 @@ class Threshold(ExitMethod):
     test_parameters: dict[str, Any] = {}
 
     def fit(self, task: ExitTask, params: dict[str, Any], seed: int) -> ThresholdPolicy:
-        ims = task.trained_ims()
-        return ThresholdPolicy(lambda split: exit_probs(ims, split), task.policy, params["q_grid"])
+        return ims_policy(task.trained_ims(), task.policy, params["q_grid"])
+
+    def restore(self, tensors: dict[str, torch.Tensor], settings: dict[str, Any],
+                make_ims: Callable[[], nn.ModuleList]) -> ThresholdPolicy:
+        return ims_policy(unpack(tensors, "ims", make_ims()), None, settings["q_grid"], tensors["thresholds"])

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -56,6 +57,22 @@ def read_record(out_dir: Path) -> dict:
     records = list(Path(out_dir).glob("*/record.json"))
     assert len(records) == 1, records
     return json.loads(records[0].read_text())
+
+
+def check_replay(out_dir: Path, options: Any = None) -> None:
+    """The run in ``out_dir``, replayed from its saved exits without refitting, answers every test
+    sample of every operating point as the run did (same exit, same class)."""
+    from eebench.replay import replay
+    from eebench.runner import RunOptions
+
+    run_dir = next(Path(out_dir).glob("*/record.json")).parent
+    replayed = replay(run_dir, options or RunOptions())
+    samples = np.load(run_dir / "samples.npz")
+    points = replayed.predict("test")
+    assert [p.setting for p in points] == [p["setting"] for p in replayed.record["operating_points"]]
+    for i, p in enumerate(points):
+        np.testing.assert_array_equal(p.exit_index, samples["exit_index"][i])
+        np.testing.assert_array_equal(p.answered_probs.argmax(1).numpy(), samples["prediction"][i])
 
 
 def check_record(record: dict) -> None:

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from conftest import read_record
+from conftest import check_replay, read_record
 from eebench.devices import describe_device, resolve_device
 from eebench.errors import UsageError
 from eebench.launchers import load_profile
@@ -45,6 +45,7 @@ def test_cpu_and_auto_give_the_same_record_here(cli, tmp_path) -> None:
     assert cli(*flags, "--device", "cpu", "--out", tmp_path / "cpu")[0] == 0
     assert cli(*flags, "--device", "auto", "--out", tmp_path / "auto")[0] == 0
     a, b = read_record(tmp_path / "cpu"), read_record(tmp_path / "auto")
+    check_replay(tmp_path / "cpu")
     assert a["run_id"] == b["run_id"]
     if not torch.cuda.is_available():
         a, b = without_timings(a), without_timings(b)

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import read_record
+from conftest import check_replay, read_record
 from eebench.method import load_methods
 from methods.eenet import auto_budgets
 
@@ -22,6 +22,7 @@ def _run(cli, tmp_path, method: str) -> dict:
     assert status == 0, err
     record = read_record(tmp_path)
     assert record["config"]["method"] == method and record["backbone"]["num_exits"] == 6
+    check_replay(tmp_path)
     return record
 
 

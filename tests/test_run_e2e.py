@@ -7,8 +7,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import DATA_DIR, ROOT, WEIGHTS_DIR, needs_shared, read_record
+from conftest import DATA_DIR, ROOT, WEIGHTS_DIR, check_replay, needs_shared, read_record
 from eebench.config import resolve
+from eebench.errors import CorruptCacheError, UsageError
+from eebench.replay import replay
+from eebench.runner import RunOptions
 
 
 def _best_at(record: dict, max_cost: float) -> float:
@@ -40,6 +43,16 @@ def test_threshold_on_digits(cli, tmp_path):
     expected = (head, head + "-dirty") if head else (None,)   # the source tree that produced the numbers
     assert r["git_revision"] in expected
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary files left
+    check_replay(tmp_path)
+    # a run without its saved exits, or with a damaged file, is named before anything loads
+    exits = next(tmp_path.glob("*/exits.safetensors"))
+    data = exits.read_bytes()
+    exits.write_bytes(data[:-8] + bytes(8))
+    with pytest.raises(CorruptCacheError, match="exits.safetensors cannot be replayed.*rerun"):
+        replay(exits.parent, RunOptions())
+    exits.unlink()
+    with pytest.raises(UsageError, match="no exits.safetensors.*rerun it"):
+        replay(exits.parent, RunOptions(data_dir=tmp_path / "nowhere"))
 
 
 def test_jei_on_digits_reuses_features(cli, tmp_path):
@@ -61,6 +74,14 @@ def test_jei_on_digits_reuses_features(cli, tmp_path):
         assert len(p["conformal"]["coverage"]) == 10
     # JEI's gates cost Mul-Adds: the last exit costs more than the plain backbone
     assert r["exit_costs"][-1] > 1.0
+
+
+def test_jei_with_one_set_of_ims_per_lambda_replays(cli, tmp_path):
+    """``im_loss: weighted`` trains one set of IMs per λ (stacked): they are saved and rebuilt too."""
+    status, _, err = cli("run", "--method", "jei", "--set", "method.im_loss=weighted", "--set", "method.epochs=2",
+                         "--set", "method.lambdas=[0.03,0.3]", "--out", tmp_path)
+    assert status == 0, err
+    check_replay(tmp_path)
 
 
 def test_run_id_is_stable_and_config_resolves(tmp_path):

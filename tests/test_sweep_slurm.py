@@ -94,7 +94,7 @@ def _one_record_per_run(out: Path, run_ids: set[str]) -> None:
     dirs = {p.name for p in out.iterdir() if not p.name.startswith(("_", "."))}
     assert dirs == run_ids
     for run_id in run_ids:
-        assert sorted(p.name for p in (out / run_id).iterdir()) == ["record.json", "samples.npz"]
+        assert sorted(p.name for p in (out / run_id).iterdir()) == ["exits.safetensors", "record.json", "samples.npz"]
 
 
 def test_grid_runs_as_a_job_array(tmp_path, partition, session_cache):

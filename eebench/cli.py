@@ -26,15 +26,21 @@ COMMAND_MODULES: list[str] = []
 COMMAND_MODULES.append("eebench.cli_report")
 COMMAND_MODULES.append("eebench.cli_sweep")
 COMMAND_MODULES.append("eebench.cli_reproduce")
+COMMAND_MODULES.append("eebench.cli_latency")
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
-    """``--data-dir``, ``--weights-dir``, ``--cache-dir`` and ``--set``, shared by every command."""
+    """``--data-dir``, ``--weights-dir``, ``--cache-dir`` and ``--set``, shared by every command that runs."""
+    add_dir_options(p)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter: method.<p>=v, dataset.<p>=v, seed=n (repeatable)")
+
+
+def add_dir_options(p: argparse.ArgumentParser) -> None:
+    """``--data-dir``, ``--weights-dir``, ``--cache-dir``."""
     p.add_argument("--data-dir", type=Path, help="local mirror: DIR/<dataset>/{train,test}.parquet (env EEBENCH_DATA_DIR)")
     p.add_argument("--weights-dir", type=Path, help="folder with published checkpoint files (env EEBENCH_WEIGHTS_DIR)")
     p.add_argument("--cache-dir", type=Path, help="feature/backbone cache root (env EEBENCH_CACHE_DIR, default ~/.cache/eebench)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a parameter: method.<p>=v, dataset.<p>=v, seed=n (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:

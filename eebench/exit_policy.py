@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from eebench.features import SplitFeatures
-from eebench.method import FittedMethod, OperatingPoint, pack
+from eebench.method import ExitRule, FittedMethod, OperatingPoint, pack
 
 
 def budget_shares(q: float, num_exits: int) -> np.ndarray:
@@ -76,6 +76,54 @@ def apply_thresholds(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 Q_GRID: list[float] = [round(0.05 * i, 2) for i in range(1, 40)]
 
 
+class ExitSteps:
+    """A :class:`ThresholdPolicy`'s ``probs_fn`` in sequential form: the probabilities of exit k
+    from its IM input and what the exits before it left (``state``, see :class:`~eebench.method.ExitRule`).
+
+    Attributes:
+        modules: the modules it runs.
+    """
+
+    modules: list[torch.nn.Module]
+
+    def at_exit(self, k: int, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """Exit ``k`` < K (1-based): IM input ``[B, D_k]`` → ``(probs [B, C], state)``."""
+        raise NotImplementedError
+
+    def at_last(self, logits: torch.Tensor, state: Any) -> torch.Tensor:
+        """Exit K: the backbone's logits ``[B, C]`` → ``[B, C]`` probabilities."""
+        return logits.softmax(-1)
+
+
+class IMSteps(ExitSteps):
+    """Softmax of each plain IM's logits (:func:`eebench.training.exit_probs`, exit by exit)."""
+
+    def __init__(self, ims: torch.nn.ModuleList):
+        self.ims, self.modules = ims, [ims]
+
+    def at_exit(self, k: int, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        return self.ims[k - 1](x).softmax(-1), None
+
+
+class ThresholdRule(ExitRule):
+    """Exit at k when the max softmax of exit k reaches T_k (:func:`apply_thresholds`, exit by exit).
+
+    Args:
+        steps: the probabilities of each exit.
+        thresholds: ``[K]`` float64 thresholds of one budget level.
+    """
+
+    def __init__(self, steps: ExitSteps, thresholds: np.ndarray):
+        self.steps, self.thresholds, self.modules = steps, [float(t) for t in thresholds], steps.modules
+
+    def at_exit(self, k: int, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        probs, state = self.steps.at_exit(k, x, state)
+        return probs.amax(-1).double() >= self.thresholds[k - 1], probs, state
+
+    def at_last(self, logits: torch.Tensor, state: Any) -> torch.Tensor:
+        return self.steps.at_last(logits, state)
+
+
 class ThresholdPolicy(FittedMethod):
     """A fitted confidence-threshold exit policy: one operating point per budget level q.
 
@@ -91,12 +139,14 @@ class ThresholdPolicy(FittedMethod):
         modules: the modules ``probs_fn`` runs (``{"ims": ...}``), saved by :meth:`state`.
         settings: what else the method needs to rebuild ``probs_fn`` (e.g. BoostedNet's γ).
         thresholds: ``[Q, K]`` thresholds already searched (a restored policy), instead of ``val``.
+        steps: ``probs_fn`` exit by exit, for :meth:`exit_rules` (None: the policy has no runtime).
     """
 
     def __init__(self, probs_fn: Callable[[SplitFeatures], torch.Tensor], val: SplitFeatures | None,
                  q_grid: Sequence[float] | None = None, modules: dict[str, torch.nn.Module] | None = None,
-                 settings: dict[str, Any] | None = None, thresholds: torch.Tensor | None = None):
-        self.probs_fn = probs_fn
+                 settings: dict[str, Any] | None = None, thresholds: torch.Tensor | None = None,
+                 steps: ExitSteps | None = None):
+        self.probs_fn, self.steps = probs_fn, steps
         self.q_grid = list(q_grid if q_grid is not None else Q_GRID)
         self.modules, self.settings = dict(modules or {}), dict(settings or {})
         if thresholds is None:
@@ -113,6 +163,16 @@ class ThresholdPolicy(FittedMethod):
         return [OperatingPoint({"q": q}, apply_thresholds(conf, T), probs, self.gate_muladds)
                 for q, T in self.thresholds.items()]
 
+    def exit_rules(self) -> list[ExitRule]:
+        """One :class:`ThresholdRule` per budget level q.
+
+        Raises:
+            NotImplementedError: the policy was built without ``steps``.
+        """
+        if self.steps is None:
+            raise NotImplementedError("this threshold policy has no sequential form (built without steps)")
+        return [ThresholdRule(self.steps, T) for T in self.thresholds.values()]
+
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The modules and the ``[Q, K]`` float64 thresholds; settings: ``q_grid`` and :attr:`settings`."""
         T = torch.as_tensor(np.stack(list(self.thresholds.values())), dtype=torch.float64)
@@ -125,4 +185,5 @@ def ims_policy(ims: torch.nn.ModuleList, val: SplitFeatures | None, q_grid: Sequ
     baseline, L2W-DEN): searched on ``val``, or given (``[Q, K]``, a restored policy)."""
     from eebench.training import exit_probs
 
-    return ThresholdPolicy(lambda split: exit_probs(ims, split), val, q_grid, {"ims": ims}, thresholds=thresholds)
+    return ThresholdPolicy(lambda split: exit_probs(ims, split), val, q_grid, {"ims": ims}, thresholds=thresholds,
+                           steps=IMSteps(ims))

@@ -211,23 +211,38 @@ def feature_key(**parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _passes(adapter: Any, loader: DataLoader, desc: str, done_batches: int = 0, total_batches: int | None = None,
-            device: torch.device | None = None) -> Any:
-    """Yield ``(im_inputs float16, logits float32, labels int64)`` of each batch of ``loader``, on the
-    CPU. On CUDA the backbone runs under bf16 autocast, channels-last where it has convolutions."""
-    device = device or torch.device("cpu")
+def place(adapter: Any, device: torch.device) -> Callable[[Any], Any]:
+    """Put the frozen backbone on ``device`` (eval mode; channels-last on CUDA where it has
+    convolutions) and return ``input -> input`` that moves a batch there alike."""
     cuda = device.type == "cuda"
     adapter.eval().to(device)
     convs = cuda and any(isinstance(m, torch.nn.Conv2d) for m in adapter.modules())
     if convs:
         adapter.to(memory_format=torch.channels_last)
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+
+    def move(x: Any) -> Any:
+        if cuda and hasattr(x, "to"):
+            x = x.to(device, non_blocking=True)
+            if convs and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+        return x
+    return move
+
+
+def backbone_precision(device: torch.device) -> Any:
+    """The backbone pass's precision: bf16 autocast on CUDA, float32 on the CPU (a context manager)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _passes(adapter: Any, loader: DataLoader, desc: str, done_batches: int = 0, total_batches: int | None = None,
+            device: torch.device | None = None) -> Any:
+    """Yield ``(im_inputs float16, logits float32, labels int64)`` of each batch of ``loader``, on the
+    CPU. On CUDA the backbone runs under bf16 autocast, channels-last where it has convolutions."""
+    device = device or torch.device("cpu")
+    move = place(adapter, device)
+    with torch.no_grad(), backbone_precision(device):
         for x, y in tqdm(loader, desc=desc, unit="batch", leave=False, initial=done_batches, total=total_batches):
-            if cuda and hasattr(x, "to"):
-                x = x.to(device, non_blocking=True)
-                if convs and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-            ims, out = adapter.forward_exits(x)
+            ims, out = adapter.forward_exits(move(x))
             yield [f.to(torch.float16).cpu() for f in ims], out.float().cpu(), torch.as_tensor(y).long()
 
 

@@ -89,6 +89,32 @@ class OperatingPoint:
         return self.exit_probs[torch.arange(len(idx)), idx]
 
 
+class ExitRule:
+    """One operating point's decisions made exit by exit, on the samples still running: what
+    :meth:`FittedMethod.predict` computes on cached features, in the order a deployed network
+    computes it (:mod:`eebench.runtime`). The arithmetic is :meth:`~FittedMethod.predict`'s, so that
+    both answer every sample alike.
+
+    ``state`` is what a decision carries to the next exit (an ensemble, earlier scores): None or a
+    tensor or tuple of tensors with the samples along dim 0; the runtime keeps the rows of the
+    samples that go on.
+
+    Attributes:
+        modules: the IMs, gates and schedulers the rule runs (the runtime moves them to its device).
+    """
+
+    modules: list[nn.Module]
+
+    def at_exit(self, k: int, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Exit ``k`` < K (1-based): the IM input ``[B, D_k]`` float32 → ``(exits, probs, state)``:
+        ``[B]`` bool, True for the samples that leave here, and ``[B, C]`` the probabilities exit k answers."""
+        raise NotImplementedError
+
+    def at_last(self, logits: torch.Tensor, state: Any) -> torch.Tensor:
+        """Exit K: the backbone's logits ``[B, C]`` → the probabilities it answers ``[B, C]``."""
+        return logits.softmax(-1)
+
+
 class FittedMethod:
     """A trained method: maps the features of any split to its operating points."""
 
@@ -97,6 +123,10 @@ class FittedMethod:
 
     def predict(self, split: SplitFeatures) -> list[OperatingPoint]:
         """Operating points for every sample of ``split``, one per knob setting."""
+        raise NotImplementedError
+
+    def exit_rules(self) -> list[ExitRule]:
+        """The sequential form of each operating point, in :meth:`predict`'s order."""
         raise NotImplementedError
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -158,6 +158,14 @@ class StackedIMs(nn.Module):
 
         return torch.func.vmap(one, in_dims=(0, 0))(list(self.params), buffers)
 
+    def im(self, m: int, k: int, x: torch.Tensor) -> torch.Tensor:
+        """IM ``k`` (1-based) of copy ``m`` alone on its input ``[B, D_k]`` → logits ``[B, C]``."""
+        prefix = f"ims.{k - 1}."
+        state = {n[len(prefix):]: p[m] for n, p in zip(self.names, self.params) if n.startswith(prefix)}
+        state.update({n[len(prefix):]: getattr(self, f"buffer_{i}")[m] for i, n in enumerate(self.buffer_names)
+                      if n.startswith(prefix)})
+        return torch.func.functional_call(self.template.ims[k - 1], state, (x,))
+
     def unstack(self, m: int, like: nn.ModuleList) -> nn.ModuleList:
         """Copy ``m`` as a plain ``nn.ModuleList`` shaped like ``like``."""
         out = IMStack(copy.deepcopy(like))

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eebench.errors import ConfigError
-from eebench.exit_policy import Q_GRID, ThresholdPolicy
+from eebench.exit_policy import Q_GRID, ExitSteps, ThresholdPolicy
 from eebench.features import SplitFeatures
 from eebench.method import ExitMethod, ExitTask, register_method, unpack
 from eebench.params import NON_NEGATIVE, POSITIVE, Each, OneOf, Range
@@ -117,6 +117,21 @@ def boosted_probs(ims: nn.ModuleList, split: SplitFeatures, gamma: float, final_
         return ensemble_logits(all_exit_logits(ims, split), gamma, final_exit).softmax(-1)
 
 
+class BoostedSteps(ExitSteps):
+    """softmax(E_k) exit by exit (:func:`ensemble_logits`); the state is E_{k−1}, ``[B, C]``."""
+
+    def __init__(self, ims: nn.ModuleList, gamma: float, final_exit: str):
+        self.ims, self.gamma, self.final_exit, self.modules = ims, gamma, final_exit, [ims]
+
+    def at_exit(self, k: int, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        z = self.ims[k - 1](x)
+        ensemble = z + self.gamma * (torch.zeros_like(z) if state is None else state)
+        return ensemble.softmax(-1), ensemble
+
+    def at_last(self, logits: torch.Tensor, state: Any) -> torch.Tensor:
+        return (logits if self.final_exit == "backbone" else logits + self.gamma * state).softmax(-1)
+
+
 @register_method
 class Boosted(ExitMethod):
     name = "boosted"
@@ -143,10 +158,11 @@ class Boosted(ExitMethod):
             train_boosted_ims(ims, task.train, task.val, gamma, schedule, torch.Generator().manual_seed(seed),
                               where=f"boosted (gamma={gamma}): IM training", progress=bar)
         return ThresholdPolicy(lambda split: boosted_probs(ims, split, gamma, final_exit), task.policy,
-                               params["q_grid"], {"ims": ims}, {"gamma": gamma, "final_exit": final_exit})
+                               params["q_grid"], {"ims": ims}, {"gamma": gamma, "final_exit": final_exit},
+                               steps=BoostedSteps(ims, gamma, final_exit))
 
     def restore(self, tensors: dict[str, torch.Tensor], settings: dict[str, Any],
                 make_ims: Callable[[], nn.ModuleList]) -> ThresholdPolicy:
         ims, gamma, final_exit = unpack(tensors, "ims", make_ims()), settings["gamma"], settings["final_exit"]
         return ThresholdPolicy(lambda split: boosted_probs(ims, split, gamma, final_exit), None, settings["q_grid"],
-                               {"ims": ims}, dict(settings), tensors["thresholds"])
+                               {"ims": ims}, dict(settings), tensors["thresholds"], BoostedSteps(ims, gamma, final_exit))

@@ -40,7 +40,8 @@ from torch import nn
 
 from eebench.costs import module_muladds
 from eebench.features import SplitFeatures
-from eebench.method import ExitMethod, ExitTask, FittedMethod, OperatingPoint, pack, register_method, unpack
+from eebench.method import (ExitMethod, ExitRule, ExitTask, FittedMethod, OperatingPoint, pack, register_method,
+                            unpack)
 from eebench.params import NON_NEGATIVE, OPEN_UNIT, POSITIVE, Each, Range
 from eebench.training import (SGD_CONSTRAINTS, SGDSchedule, StackedIMs, check_finite, cycle_minibatches, eval_mode, im_logits,
                               minibatches, per_exit_ce)
@@ -176,6 +177,17 @@ class GatedIM(nn.Module):
         return torch.cat([self.head(h), self.gate(h)], -1)
 
 
+class DiffBranchRule(ExitRule):
+    """Exit at b when λ_b = sigmoid(gate output of gated IM b) ≥ 0.5 (:func:`exit_decision`, exit by exit)."""
+
+    def __init__(self, ims: nn.ModuleList):
+        self.ims, self.modules = ims, [ims]
+
+    def at_exit(self, k: int, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        out = self.ims[k - 1](x)                                                          # [B, C + 1]
+        return torch.sigmoid(out[:, -1]) >= 0.5, out[:, :-1].softmax(-1), None
+
+
 class DiffBranchFitted(FittedMethod):
     """Gated IMs per β; one operating point per β."""
 
@@ -192,6 +204,10 @@ class DiffBranchFitted(FittedMethod):
             points.append(OperatingPoint({"beta": beta}, exit_decision(torch.sigmoid(out[..., -1])).numpy(), logits,
                                          self.gate_muladds))
         return points
+
+    def exit_rules(self) -> list[ExitRule]:
+        """One :class:`DiffBranchRule` per β."""
+        return [DiffBranchRule(ims) for ims in self.ims]
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The gated IMs of every β (``ims_<m>``)."""

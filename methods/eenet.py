@@ -49,7 +49,8 @@ from eebench.costs import module_muladds
 from eebench.errors import ConfigError
 from eebench.exit_policy import apply_thresholds, thresholds_from_counts
 from eebench.features import SplitFeatures
-from eebench.method import ExitMethod, ExitTask, FittedMethod, OperatingPoint, pack, register_method, unpack
+from eebench.method import (ExitMethod, ExitRule, ExitTask, FittedMethod, OperatingPoint, pack, register_method,
+                            unpack)
 from eebench.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Each
 from eebench.training import check_finite, exit_probs, minibatches
 
@@ -246,6 +247,38 @@ def auto_budgets(first_exit_cost: float, count: int) -> list[float]:
     return [round(first_exit_cost + (1.0 - first_exit_cost) * j / count, 4) for j in range(1, count + 1)]
 
 
+class EENetRule(ExitRule):
+    """EENet's test rule for one budget, exit by exit (Ilhan et al., §3.3): exit k's three confidence
+    scores (:func:`confidence_features`, the vote counted over exits 1..k), the score g_k of scheduler
+    ``m`` on them and q̂_{<k}, exit where g_k ≥ T_k. The state is ``(votes [B, C], q̂ [B, M, K−1])``:
+    the class votes so far and every scheduler's q̂ of the exits passed (as
+    :meth:`EENetScheduler.inputs` computes them)."""
+
+    def __init__(self, ims: nn.ModuleList, scheduler: EENetScheduler, m: int, thresholds: np.ndarray):
+        self.ims, self.scheduler, self.m = ims, scheduler, m
+        self.thresholds, self.modules = [float(t) for t in thresholds], [ims, scheduler]
+
+    def at_exit(self, k: int, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        probs = self.ims[k - 1](x).softmax(-1)                                         # [B, C]
+        B, C = probs.shape
+        sched, i = self.scheduler, k - 1
+        K = sched.num_exits
+        votes = F.one_hot(probs.argmax(-1), C) + (0 if state is None else state[0])
+        scores = probs.new_zeros(B, sched.g_weight.shape[0], K - 1) if state is None else state[1]
+        feats = torch.stack([probs.amax(-1), 1.0 + torch.xlogy(probs, probs).sum(-1) / math.log(C),
+                             votes.amax(-1).float() / torch.tensor(float(k), dtype=probs.dtype)], -1)   # [B, 3]
+        w, b = (sched.g_weight * sched.mask).detach(), sched.g_bias.detach()          # [M, K, d], [M, K]
+        earlier = (torch.arange(K - 1, device=x.device) < i).to(probs.dtype)
+        u = torch.cat([feats, scores[:, self.m] * earlier], -1)                        # [B, d]
+        g = (u * w[self.m, i]).sum(-1) + b[self.m, i]
+        with torch.no_grad():
+            logit = (feats @ w[:, i, :3].T).T + torch.einsum("mnj,mj->mn", scores.permute(1, 0, 2)[:, :, :i],
+                                                              w[:, i, 3:3 + i]) + b[:, i, None]      # [M, B]
+            scores = scores.clone()
+            scores[:, :, i] = torch.sigmoid(logit).T
+        return g.double() >= self.thresholds[i], probs, (votes, scores)
+
+
 class EENetFitted(FittedMethod):
     """IMs shared by every budget; the chosen schedulers (stacked) and one threshold vector per budget."""
 
@@ -259,6 +292,10 @@ class EENetFitted(FittedMethod):
         g_logits, _ = self.scheduler.scores(confidence_features(probs))
         return [OperatingPoint(dict(setting), apply_thresholds(g_logits[m].double().numpy(), T), probs,
                                self.gate_muladds) for setting, m, T in self.chosen]
+
+    def exit_rules(self) -> list[ExitRule]:
+        """One :class:`EENetRule` per budget."""
+        return [EENetRule(self.ims, self.scheduler, m, T) for _, m, T in self.chosen]
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """IMs, the M stacked schedulers and the ``[budgets, K]`` float64 thresholds; settings: each

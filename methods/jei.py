@@ -38,7 +38,8 @@ from torch import nn
 
 from eebench.costs import module_muladds
 from eebench.features import SplitFeatures
-from eebench.method import ExitMethod, ExitTask, FittedMethod, OperatingPoint, pack, register_method, unpack
+from eebench.method import (ExitMethod, ExitRule, ExitTask, FittedMethod, OperatingPoint, pack, register_method,
+                            unpack)
 from eebench.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Each, OneOf
 from eebench.training import (SGD_CONSTRAINTS, SGD_DEFAULTS, SGDSchedule, StackedIMs, check_finite, cycle_minibatches,
                               eval_mode, im_logits, minibatches, per_exit_ce)
@@ -156,6 +157,23 @@ def exit_ce(z: torch.Tensor, split: SplitFeatures, idx: torch.Tensor | slice = s
     return per_exit_ce(logits.reshape(M * B, K, C), split.labels[idx].repeat(M)).view(M, B, K)
 
 
+class JEIRule(ExitRule):
+    """JEI-DNN's inference rule exit by exit for λ number ``m``: at exit l, g_l from the gate on IM l's
+    output, P_l (eq. 2) from g_1..g_l, exit where e_l ≥ 0.5 (:func:`exit_decision`). The state is
+    g_1..g_{l−1}, ``[B, l−1]``."""
+
+    def __init__(self, ims: nn.ModuleList | StackedIMs, gates: JEIGates, m: int):
+        self.ims, self.gates, self.m, self.modules = ims, gates, m, [ims, gates]
+
+    def at_exit(self, k: int, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        z = self.ims.im(self.m, k, x) if isinstance(self.ims, StackedIMs) else self.ims[k - 1](x)     # [B, C]
+        w, b = self.gates.weight[self.m, k - 1], self.gates.bias[self.m, k - 1]
+        g = torch.sigmoid(torch.einsum("bf,f->b", gate_features(z), w) + b)[:, None]
+        g = g if state is None else torch.cat([state, g], 1)                                          # [B, k]
+        P = exit_distribution(g)[:, :k]
+        return exit_decision(torch.cat([P, torch.zeros_like(P[:, :1])], 1)) == k - 1, z.softmax(-1), g
+
+
 class JEIFitted(FittedMethod):
     """The IMs (shared by every λ, or one set per λ) and the gates of each λ; one operating point per λ."""
 
@@ -171,6 +189,10 @@ class JEIFitted(FittedMethod):
         return [OperatingPoint({"lambda": lam}, exit_decision(exit_distribution(g[m])).numpy(),
                                probs[m if probs.shape[0] > 1 else 0], self.gate_muladds)
                 for m, lam in enumerate(self.lams)]
+
+    def exit_rules(self) -> list[ExitRule]:
+        """One :class:`JEIRule` per λ."""
+        return [JEIRule(self.ims, self.gates, m) for m in range(len(self.lams))]
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The IMs (one set, or the M stacked sets of ``im_loss: weighted``) and the gates of every λ."""

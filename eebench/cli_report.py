@@ -40,7 +40,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "plot", help="the JEI-DNN paper's figures (PNG and PDF) for every setting",
         description="Draw, per dataset/backbone setting, accuracy vs normalised Mul-Add (Fig. 2), the exit "
                     "decomposition (Fig. 3), ECE per IM (Fig. 4) and the uncertainty figures (Fig. 5), "
-                    "seeds as shaded bands, under OUT/<dataset>_<backbone>/.")
+                    "seeds as shaded bands, and where runs were timed (eebench latency) accuracy against measured "
+                    "time per sample beside Mul-Adds (fig6), under OUT/<dataset>_<backbone>/.")
     plot.add_argument("source", type=Path, metavar="SOURCE", help=SOURCE_HELP)
     plot.add_argument("--out", type=Path, default=Path("plots"), help="output folder (default ./plots)")
     plot.set_defaults(handler=cmd_plot)

@@ -61,8 +61,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     configs = expand(grid, args.data_dir)
     paths.writable_dir(args.out, "--out")
     paths.cache_dir(args.cache_dir)
+    from eebench.latency import grid_spec
+
     options = RunOptions(args.data_dir, args.weights_dir, args.cache_dir, args.out, args.batch_size, args.num_workers,
-                         args.device)
+                         args.device, grid_spec(grid.spec.get("latency"), f"grid {grid.name}"))
     if args.dry_run:
         return _dry_run(grid, configs, args)
     if args.collect:
@@ -87,7 +89,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _dry_run(grid, configs, args: argparse.Namespace) -> int:
     from eebench import launchers
 
-    done, groups = launchers.plan(configs, args.out)
+    from eebench.latency import grid_spec
+
+    done, groups = launchers.plan(configs, args.out, grid_spec(grid.spec.get("latency"), f"grid {grid.name}") is not None)
     launcher = launchers.resolve_launcher(args.launcher) if args.launcher != "inline" else "inline"
     print(f"grid {grid.name}: {len(configs)} runs ({len(done)} already recorded under {args.out}); "
           f"launcher {launcher}")

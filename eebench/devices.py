@@ -9,7 +9,7 @@ import torch
 
 from eebench.errors import UsageError
 
-_SPEC = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEVICE_SPEC = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -19,7 +19,7 @@ def resolve_device(spec: str) -> torch.device:
         UsageError: a malformed value, CUDA asked for where torch sees none, or an index out of range.
     """
     spec = str(spec).strip().lower()
-    if not _SPEC.fullmatch(spec):
+    if not DEVICE_SPEC.fullmatch(spec):
         raise UsageError(f"--device {spec}: must be auto, cpu, cuda or cuda:N")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -52,7 +52,7 @@ def pop_devices(common: dict, stages: dict[str, dict], where: str) -> dict[str, 
     if "device" in common:
         devices[""] = str(common.pop("device"))
     for device in devices.values():
-        if not _SPEC.fullmatch(device):
+        if not DEVICE_SPEC.fullmatch(device):
             raise UsageError(f"{where}: device: {device}: must be auto, cpu, cuda or cuda:N")
     return devices
 

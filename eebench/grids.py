@@ -16,6 +16,7 @@ A grid (``experiments/*.yaml``)::
     methods:                        # method name -> parameters (a list of names: defaults)
       threshold: {q_grid: [[0.5, 1.0, 1.5], [0.25, 0.75, 1.25]]}
       jei: {im_loss: [weighted, uniform], lambdas: [[0.1, 1.0]]}
+    latency: {batch_size: 256}      # optional: time each run after it (eebench latency; true: defaults)
 
 Lists expand to products: datasets × backbones × weights × methods × parameter values (method,
 dataset, IM stage and training recipe) × seeds. A parameter value that is a list is a list of
@@ -39,7 +40,7 @@ from eebench.config import RunConfig, _did_you_mean, from_dict, parse_set, read_
 from eebench.errors import ConfigError
 
 GRID_KEYS = ("include", "name", "datasets", "backbones", "weights", "seeds", "test_parameters", "method_grid",
-             "dataset_params", "im_params", "recipe", "methods")
+             "dataset_params", "im_params", "recipe", "methods", "latency")
 
 
 @dataclass

@@ -2,12 +2,12 @@
 its test samples, timed against the plain backbone, written to ``RUN_DIR/latency.json``.
 
 For every operating point timed: the Mul-Add speed-up (1 / cost), the speed-up its measured time
-profile predicts and the measured one, with the per-call latency (p50, p90) and the runtime's
-agreement with the record (same exit and class for every sample).
+profile predicts and the measured one (the plain backbone and the runtime timed in turn, batch by
+batch, so that a drift of the machine's speed falls on both), with the per-call latency (p50, p90)
+and the runtime's agreement with the record (same exit and class for every sample).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +19,14 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from eebench.backbones import BACKBONES
-from eebench.devices import describe_device, resolve_device
-from eebench.errors import UsageError
+from eebench.devices import DEVICE_SPEC, describe_device, resolve_device
+from eebench.errors import ConfigError, UsageError
 from eebench.features import place
-from eebench.records import write_json
 from eebench.replay import exits_path, read_record, replay
 from eebench.runner import RunOptions
-from eebench.runtime import run_exits, run_plain, time_profile, timed_passes
+from eebench.runtime import TimedPasses, run_exits, run_plain, time_profile, timed_passes
+from eebench.records import LATENCY_FILE, write_json
 
-LATENCY_FILE = "latency.json"
 LATENCY_VERSION = 1
 
 
@@ -65,6 +64,35 @@ def parse_points(spec: str) -> list[float] | None:
     if not budgets or any(not (b > 0) for b in budgets):
         raise UsageError(f"--points {spec}: give all, or budgets (normalised costs > 0) separated by commas, e.g. 0.5")
     return budgets
+
+
+def grid_spec(value: Any, where: str) -> dict[str, Any] | None:
+    """A sweep grid's ``latency:`` value checked: None or false (no timing), true (the defaults) or a
+    mapping of :class:`LatencyOptions` fields. The device is checked by name only (the machine that
+    plans a sweep need not have the GPU its jobs get).
+
+    Raises:
+        ConfigError: not one of those, an unknown field, or a value out of range.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    fields = set(LatencyOptions.__dataclass_fields__)
+    if not isinstance(value, dict) or set(value) - fields:
+        raise ConfigError(f"{where}: latency: expected true, or a mapping of {', '.join(sorted(fields))}; got {value!r}")
+    try:
+        opts = LatencyOptions(**value)
+        for name in ("batch_size", "samples", "repeats"):
+            v = getattr(opts, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise UsageError(f"{name} {v!r}: must be an integer of at least 1")
+        parse_points(str(opts.points))
+        if not DEVICE_SPEC.fullmatch(str(opts.device)):
+            raise UsageError(f"device {opts.device}: must be auto, cpu, cuda or cuda:N")
+    except UsageError as e:
+        raise ConfigError(f"{where}: latency: {e}") from None
+    return dict(value)
 
 
 def check_options(opts: LatencyOptions) -> torch.device:
@@ -133,17 +161,23 @@ def measure(run_dir: Path, options: RunOptions, opts: LatencyOptions) -> dict[st
             m.to(device).eval()
     batches, labels = test_batches(prep, record["config"]["backbone"], n, opts.batch_size, move)
     exit_costs = prep.costs.exit_costs(fitted.gate_muladds)
-    warm = batches[:2]
-    with tqdm(total=opts.repeats * (2 + len(chosen)), desc=f"latency (batch {opts.batch_size})", unit="pass",
+
+    def plain_fn(x: Any) -> Any:
+        return run_plain(adapter, x, device)
+
+    plain_calls: list[float] = []
+    plain_totals: list[float] = []
+    with tqdm(total=opts.repeats * (1 + len(chosen)) + 1, desc=f"latency (batch {opts.batch_size})", unit="pass",
               leave=False) as bar:
-        timed_passes(lambda x: run_plain(adapter, x, device), warm, device, 1)
-        plain = timed_passes(lambda x: run_plain(adapter, x, device), batches, device, opts.repeats, bar)
+        timed_passes([plain_fn, lambda x: run_exits(adapter, rules[chosen[0]], x, device)], batches, device, 1, bar)
         profile = time_profile(adapter, rules[chosen[0]], batches, device, opts.repeats, bar)
         points = []
         for i in chosen:
             rule = rules[i]
-            timed_passes(lambda x: run_exits(adapter, rule, x, device), warm, device, 1)
-            run = timed_passes(lambda x: run_exits(adapter, rule, x, device), batches, device, opts.repeats, bar)
+            plain, run = timed_passes([plain_fn, lambda x: run_exits(adapter, rule, x, device)], batches, device,
+                                      opts.repeats, bar)
+            plain_calls += plain.calls
+            plain_totals += plain.totals
             exit_index = torch.cat([e for e, _ in run.outputs]).cpu().numpy()
             prediction = torch.cat([p.argmax(1) for _, p in run.outputs]).cpu().numpy()
             same = (exit_index == samples["exit_index"][i][:n]) & (prediction == samples["prediction"][i][:n])
@@ -153,23 +187,19 @@ def measure(run_dir: Path, options: RunOptions, opts: LatencyOptions) -> dict[st
                 "accuracy": float((prediction == labels.numpy()).mean()),
                 "muladd_speedup": 1.0 / cost, "time_profile_speedup": profile.speedup(exit_index),
                 "measured_speedup": plain.median_s / run.median_s, "seconds": run.median_s,
-                "p50_ms": run.call_ms(0.5), "p90_ms": run.call_ms(0.9),
+                "plain_seconds": plain.median_s, "p50_ms": run.call_ms(0.5), "p90_ms": run.call_ms(0.9),
                 "exit_shares": (np.bincount(exit_index, minlength=len(exit_costs)) / n).tolist(),
                 "agreement": float(same.mean())})
+    plain_all = TimedPasses(plain_totals, plain_calls, [])
     result = {"version": LATENCY_VERSION, "run_id": record["run_id"], "method": record["config"]["method"],
               "backbone": record["config"]["backbone"], "dataset": record["config"]["dataset"],
               "device": describe_device(device), "batch_size": opts.batch_size, "samples": n, "repeats": opts.repeats,
               "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
-              "plain_s": plain.median_s, "plain_p50_ms": plain.call_ms(0.5), "plain_p90_ms": plain.call_ms(0.9),
+              "plain_s": plain_all.median_s, "plain_p50_ms": plain_all.call_ms(0.5),
+              "plain_p90_ms": plain_all.call_ms(0.9),
               "time_profile": profile.to_dict(), "points": points}
     write_json(Path(run_dir) / LATENCY_FILE, result)
     return result
-
-
-def read_latency(run_dir: Path) -> dict[str, Any] | None:
-    """The run's ``latency.json``, or None where it has none."""
-    path = Path(run_dir) / LATENCY_FILE
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def summary(result: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -214,11 +214,13 @@ def resolve_launcher(launcher: str) -> str:
     return launcher
 
 
-def plan(configs: list[RunConfig], out_dir: Path) -> tuple[list[str], dict[FeatureStage, list[RunConfig]]]:
-    """Split a grid's runs into those already recorded and the pending ones grouped by feature stage."""
+def plan(configs: list[RunConfig], out_dir: Path, latency: bool = False
+         ) -> tuple[list[str], dict[FeatureStage, list[RunConfig]]]:
+    """Split a grid's runs into those already recorded (and timed, with ``latency``) and the pending
+    ones grouped by feature stage."""
     done, groups = [], {}
     for c in configs:
-        if has_record(out_dir, c.run_id):
+        if has_record(out_dir, c.run_id, latency):
             done.append(c.run_id)
         else:
             groups.setdefault(FeatureStage.of(c), []).append(c)
@@ -256,7 +258,8 @@ def run_sweep(grid: Grid, configs: list[RunConfig], options: RunOptions, launche
     say = progress or (lambda msg: log.info("%s", msg))
     options = _absolute(options)
     out = Path(options.out_dir)
-    done, groups = plan(configs, out)
+    timed = options.latency is not None
+    done, groups = plan(configs, out, timed)
     report = SweepReport(grid.name, launcher, [c.run_id for c in configs], skipped=done)
     pending = sum(len(g) for g in groups.values())
     say(f"sweep {grid.name}: {len(configs)} runs, {len(done)} already recorded, {pending} to run "
@@ -291,7 +294,7 @@ def run_sweep(grid: Grid, configs: list[RunConfig], options: RunOptions, launche
         failures = _failures(units, groups, out)
     for stage, runs in groups.items():
         for c in runs:
-            if has_record(out, c.run_id):
+            if has_record(out, c.run_id, timed):
                 report.finished.append(c.run_id)
             else:
                 error, log_path = failures.get(c.run_id, ("no record was written", None))
@@ -302,16 +305,14 @@ def run_sweep(grid: Grid, configs: list[RunConfig], options: RunOptions, launche
 
 def _absolute(options: "RunOptions") -> "RunOptions":
     from eebench import paths
-    from eebench.runner import RunOptions
 
     def ab(p: Path | None) -> Path | None:
         return Path(p).expanduser().resolve() if p is not None else None
 
-    return RunOptions(data_dir=ab(paths.data_dir(options.data_dir)),
-                      weights_dir=ab(paths.weights_dir(options.weights_dir)),
-                      cache_dir=ab(paths.cache_dir(options.cache_dir)),
-                      out_dir=ab(options.out_dir) or Path("runs").resolve(),
-                      batch_size=options.batch_size, num_workers=options.num_workers, device=options.device)
+    return replace(options, data_dir=ab(paths.data_dir(options.data_dir)),
+                   weights_dir=ab(paths.weights_dir(options.weights_dir)),
+                   cache_dir=ab(paths.cache_dir(options.cache_dir)),
+                   out_dir=ab(options.out_dir) or Path("runs").resolve())
 
 
 def _run_inline(groups: dict[FeatureStage, list[RunConfig]], options: RunOptions, log_dir: Path,

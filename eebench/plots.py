@@ -18,6 +18,8 @@ Per setting, under ``OUT/<dataset>_<backbone>/``, each as PNG and PDF:
 - ``fig5_uncertainty``: (a) ECE and (b) conformal inefficiency at α = 0.05 of the point
   deployed at each budget, vs the budget (operating points faint); (c) empirical α̂ = 1 − coverage
   vs requested α, averaged over the operating points of a run, with the diagonal (Fig. 5).
+- ``fig6_measured_time`` (settings with runs timed by ``eebench latency``): accuracy of the timed
+  points against Mul-Add cost (a) and against measured time per sample (b).
 
 And ``OUT/fig2_accuracy_vs_cost_all``: Fig. 2 of every setting side by side (the headline figure).
 """
@@ -370,6 +372,36 @@ def fig_uncertainty(setting: pd.DataFrame, colours: dict[str, Any]) -> Any:
     return fig
 
 
+def fig_measured(setting: pd.DataFrame, colours: dict[str, Any]) -> Any:
+    """Accuracy against Mul-Add cost (a) beside accuracy against measured time per sample (b), for
+    the operating points ``eebench latency`` timed; None where no run of the setting was timed."""
+    import seaborn as sns
+
+    if "measured_s_per_sample" not in setting.columns or setting["measured_s_per_sample"].isna().all():
+        return None
+    timed = setting[setting["measured_s_per_sample"].notna()]
+    timed = timed.assign(ms=1000 * timed["measured_s_per_sample"], acc=100 * timed["accuracy"],
+                         plain_ms=1000 * timed["measured_s_per_sample"] * timed["measured_speedup"])
+    order = [v for v in colours if v in set(timed["variant"])]
+    fig = _figure(13, 4.6)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, x, label in ((axes[0], "cost", f"{COST_LABEL}"), (axes[1], "ms", "measured time per sample (ms)")):
+        sns.lineplot(data=timed.sort_values(x), x=x, y="acc", hue="variant", hue_order=order, palette=colours,
+                     style="variant", style_order=order, markers=marker_map(colours), dashes=False, units="run_id",
+                     estimator=None, linewidth=1.2, legend=False, ax=ax)
+        ax.axhline(100 * setting["backbone_accuracy"].mean(), color="0.3", ls="--", lw=1)
+        ax.set_xlabel(label)
+    axes[1].axvline(float(timed["plain_ms"].median()), color="0.3", ls=":", lw=1)
+    axes[0].set_ylabel("test accuracy (%)")
+    first = timed.iloc[0]
+    axes[0].set_title("(a) against the counted cost")
+    axes[1].set_title(f"(b) against the measured time ({first['latency_device']}, batch "
+                      f"{int(first['latency_batch_size'])}; dotted: plain backbone)")
+    _method_legend(axes[1], order, colours)
+    fig.suptitle(f"{_title(setting)}: the operating points timed by eebench latency (dashed: backbone accuracy)")
+    return fig
+
+
 def fig_accuracy_all(df: pd.DataFrame, colours: dict[str, Any]) -> Any:
     """Fig. 2 of every setting side by side, one shared legend."""
     settings = list(df.groupby(["dataset", "backbone"], sort=True))
@@ -407,7 +439,8 @@ def plot_all(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     for (ds, bb), setting in df.groupby(["dataset", "backbone"], sort=True):
         folder = setting_dir(out_dir, ds, bb)
         for name, make in (("fig2_accuracy_vs_cost", fig_accuracy), ("fig3_exit_decomposition", fig_exit_decomposition),
-                           ("fig4_ece_per_im", fig_ece_per_im), ("fig5_uncertainty", fig_uncertainty)):
+                           ("fig4_ece_per_im", fig_ece_per_im), ("fig5_uncertainty", fig_uncertainty),
+                           ("fig6_measured_time", fig_measured)):
             with _style():
                 fig = make(setting, colours)
                 if fig is not None:

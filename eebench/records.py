@@ -58,9 +58,15 @@ def record_path(out_dir: Path, run_id: str) -> Path:
     return Path(out_dir) / run_id / "record.json"
 
 
-def has_record(out_dir: Path, run_id: str) -> bool:
-    """Whether the run's record exists (then the run is finished and is never run again)."""
-    return record_path(out_dir, run_id).is_file()
+#: ``eebench latency``'s file beside a record (:mod:`eebench.latency`).
+LATENCY_FILE = "latency.json"
+
+
+def has_record(out_dir: Path, run_id: str, latency: bool = False) -> bool:
+    """Whether the run's record exists (then the run is finished and is never run again); with
+    ``latency``, whether its ``latency.json`` exists too (a sweep that times its runs)."""
+    return record_path(out_dir, run_id).is_file() and (
+        not latency or (Path(out_dir) / run_id / LATENCY_FILE).is_file())
 
 
 def read_record(out_dir: Path, run_id: str) -> dict[str, Any] | None:

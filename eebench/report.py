@@ -16,6 +16,9 @@ Figures per run, then over seeds:
 - ``auc``: the mean of the val-selected test accuracy over budgets uniform on the setting's common
   range [``auc_range_lo``, ``auc_range_hi``]: from the largest cheapest-point cost of any run of the
   setting to 1 (the plain backbone), so that no method is charged for budgets another cannot meet;
+- ``measured_speedup_at_<B>`` (only where some run was timed by ``eebench latency``): the plain
+  backbone's time over the runtime's for the point deployed at B, as measured (no ``_se``: a
+  timing, not an estimate from the test samples; ``_std`` over seeds);
 - ``cost_to_backbone_minus_1pt``: the test cost of the cheapest point (by selection cost) whose
   selection accuracy is at least the backbone's − 1 point; empty if none.
 
@@ -52,6 +55,8 @@ CSV_FLOAT_FORMAT = "%.4f"
 #: Per-budget figures: name → (table column, scale).
 POINT_FIGURES: dict[str, tuple[str, float]] = {"accuracy": ("accuracy", 100.0), "cost": ("cost", 1.0),
                                                "ece": ("ece", 100.0), "inefficiency95": ("inefficiency_at_95", 1.0)}
+#: Per-budget figures of the runs timed by ``eebench latency`` (columns only where some run was).
+MEASURED_FIGURES: dict[str, tuple[str, float]] = {"measured_speedup": ("measured_speedup", 1.0)}
 
 
 @dataclass(frozen=True)
@@ -187,10 +192,16 @@ def payload_plan(df: pd.DataFrame, options: ReportOptions) -> dict[str, dict[str
 # the leaderboard
 
 
-def figure_names(options: ReportOptions) -> list[str]:
-    """The per-run figures, in column order."""
-    per_budget = [f"{f}_at_{budget_label(b)}" for b in options.budgets for f in POINT_FIGURES]
+def figure_names(options: ReportOptions, measured: bool = False) -> list[str]:
+    """The per-run figures, in column order (``measured``: with the measured speed-up at each budget)."""
+    figures = {**POINT_FIGURES, **(MEASURED_FIGURES if measured else {})}
+    per_budget = [f"{f}_at_{budget_label(b)}" for b in options.budgets for f in figures]
     return per_budget + ["auc", "cost_to_backbone_minus_1pt"]
+
+
+def has_measured(df: pd.DataFrame) -> bool:
+    """Whether some run of the table was timed by ``eebench latency``."""
+    return "measured_speedup" in df.columns and bool(df["measured_speedup"].notna().any())
 
 
 class _Samples:
@@ -217,7 +228,7 @@ def _replicates(weights: np.ndarray | None, samples: _Samples, picks: list[tuple
                 ) -> np.ndarray | None:
     """Bootstrap replicates of a figure pooled over seeds: ``picks`` = (run id, point) per seed
     (point −1: the run's AUC row). None without resampling weights or per-sample arrays."""
-    if weights is None:
+    if weights is None or figure in MEASURED_FIGURES:     # a timing, not an estimate from the test samples
         return None
     if figure == "ece":
         parts = [(samples.get(r, p, "correct"), samples.get(r, p, "confidence")) for r, p in picks]
@@ -248,7 +259,7 @@ def _run_figures(name: str, runs: list[tuple[str, pd.DataFrame]], picked: dict[s
             else:
                 figure, label = name.rsplit("_at_", 1)
                 point = next(p for b, p in c.at.items() if budget_label(b) == label)
-            column, scale = POINT_FIGURES[figure]
+            column, scale = {**POINT_FIGURES, **MEASURED_FIGURES}[figure]
             values.append(scale * float(run.iloc[point][column]) if point >= 0 else math.nan)
         picks.append((run_id, point))
     return figure, values, picks
@@ -264,7 +275,7 @@ def leaderboard(df: pd.DataFrame, samples: pd.DataFrame | None = None, options: 
     """
     df = df.assign(variant=variant_names(df))
     picked = choices(df, options)
-    names = figure_names(options)
+    names = figure_names(options, has_measured(df))
     rows = []
     for (ds, bb), setting in df.groupby(["dataset", "backbone"], sort=True):
         lo, hi = auc_range(setting, options)
@@ -317,7 +328,7 @@ def _order_board(board: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
     head = ["dataset", "backbone", "method", "variant", "seeds", "points", "weights_sha256", "weights_source",
             "backbone_accuracy_mean", "backbone_accuracy_se"]
     body = []
-    for name in figure_names(options):
+    for name in figure_names(options, "measured_speedup_at_" + budget_label(options.budgets[0]) + "_mean" in board):
         body += [f"{name}_mean", f"{name}_std", f"{name}_se"]
         if name == "auc":
             body += ["auc_range_lo", "auc_range_hi"]
@@ -340,6 +351,7 @@ def leaderboard_markdown(board: pd.DataFrame, options: ReportOptions = ReportOpt
     estimate), the most accurate variant at each budget in bold, † where the paired bootstrap cannot
     separate a variant from it."""
     acc_cols = [(budget_label(b), f"acc@{budget_label(b)} %") for b in options.budgets]
+    measured = "measured_speedup_at_0.50_mean" in board
     lines = []
     for (ds, bb), g in board.groupby(["dataset", "backbone"], sort=False):
         first = g.iloc[0]
@@ -348,8 +360,9 @@ def leaderboard_markdown(board: pd.DataFrame, options: ReportOptions = ReportOpt
                   f"weights sha256 `{first['weights_sha256']}` ({first['weights_source']}); "
                   f"AUC over budgets [{first['auc_range_lo']:.3f}, {first['auc_range_hi']:.2f}].", "",
                   "| method | seeds | " + " | ".join(c[1] for c in acc_cols)
-                  + " | AUC % | cost to bb−1pt | ECE@0.50 % | ECE@0.75 % | ineff95@0.75 |",
-                  "|---|---:|" + "---:|" * (len(acc_cols) + 5)]
+                  + " | AUC % | cost to bb−1pt | ECE@0.50 % | ECE@0.75 % | ineff95@0.75 |"
+                  + (" measured × @0.50 |" if measured else ""),
+                  "|---|---:|" + "---:|" * (len(acc_cols) + 5 + measured)]
         best = {b: g[f"accuracy_at_{b}_mean"].max() for b, _ in acc_cols}
         for _, r in g.iterrows():
             cells = []
@@ -366,10 +379,14 @@ def leaderboard_markdown(board: pd.DataFrame, options: ReportOptions = ReportOpt
                 cells.append(_cell(r.get(f"ece_at_{b}_mean", math.nan), r.get(f"ece_at_{b}_se", math.nan), ".2f"))
             cells.append(_cell(r.get("inefficiency95_at_0.75_mean", math.nan), r.get("inefficiency95_at_0.75_se", math.nan),
                                ".2f"))
+            if measured:
+                cells.append(_cell(r["measured_speedup_at_0.50_mean"], math.nan, ".2f"))
             lines.append(f"| {r['variant']} | {r['seeds']} | " + " | ".join(cells) + " |")
         lines += ["", "Cells: mean over seeds of the test figure of the point chosen on val at that budget ± the "
                       "bootstrap standard error of the test estimate (seeds pooled); **bold**: the most accurate; "
-                      "†: not separable from it (paired bootstrap, 95 %).", ""]
+                      "†: not separable from it (paired bootstrap, 95 %)."
+                  + (" Measured ×: the plain backbone's time over the runtime's (`eebench latency`, exited samples "
+                     "dropped from the batch) for the same point, mean over the seeds timed." if measured else ""), ""]
     return "\n".join(lines)
 
 

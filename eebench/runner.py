@@ -47,6 +47,7 @@ class RunOptions:
     batch_size: int = 256
     num_workers: int = 1
     device: str = "auto"     # of the backbone pass: auto | cpu | cuda[:N] (eebench.devices)
+    latency: dict[str, Any] | None = None   # a sweep's ``latency:``: time each run after it (eebench.latency)
 
 
 @dataclass

@@ -221,20 +221,29 @@ class TimedPasses:
         return float(np.quantile(np.asarray(self.calls), q) * 1000.0)
 
 
-def timed_passes(fn: Callable[[Any], Any], batches: Sequence[Any], device: torch.device, repeats: int,
-                 progress: Any = None) -> TimedPasses:
-    """Call ``fn(batch)`` on every batch, ``repeats`` times over, timing each call (:class:`Stopwatch`)."""
+def timed_passes(fns: Sequence[Callable[[Any], Any]], batches: Sequence[Any], device: torch.device, repeats: int,
+                 progress: Any = None) -> list[TimedPasses]:
+    """Call each of ``fns`` on every batch, ``repeats`` times over, timing each call (:class:`Stopwatch`).
+
+    The functions take turns batch by batch (f₁(b₁), f₂(b₁), f₁(b₂), ...), so that a change in the
+    machine's speed during the measurement falls on each alike and their ratio stays fair.
+
+    Returns:
+        one :class:`TimedPasses` per function.
+    """
     clock = Stopwatch(device)
-    totals, calls, outputs = [], [], []
+    out = [TimedPasses([], [], []) for _ in fns]
     for r in range(repeats):
-        total = 0.0
+        totals = [0.0] * len(fns)
         for x in batches:
-            dt, out = clock(lambda: fn(x))
-            total += dt
-            calls.append(dt)
-            if r == 0:
-                outputs.append(out)
-        totals.append(total)
+            for i, fn in enumerate(fns):
+                dt, result = clock(lambda: fn(x))
+                totals[i] += dt
+                out[i].calls.append(dt)
+                if r == 0:
+                    out[i].outputs.append(result)
+        for i, total in enumerate(totals):
+            out[i].totals.append(total)
         if progress is not None:
             progress.update(1)
-    return TimedPasses(totals, calls, outputs)
+    return out

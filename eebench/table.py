@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from eebench.errors import UsageError
-from eebench.records import write_atomic
+from eebench.records import LATENCY_FILE, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ PER_EXIT_COLUMNS: tuple[str, ...] = ("exit_shares", "exit_accuracy", "im_accurac
 #: List columns of one entry per requested α ([10]).
 CONFORMAL_COLUMNS: tuple[str, ...] = ("conformal_alpha", "conformal_inefficiency", "conformal_coverage")
 KEY_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "method", "seed", "run_id", "point")
+#: Columns a run's ``latency.json`` adds to its timed points (absent where no run has one).
+LATENCY_COLUMNS: tuple[str, ...] = ("measured_speedup", "measured_s_per_sample", "latency_batch_size",
+                                    "latency_device")
 #: Levels of the confidences in ``samples.parquet``: a multiple of the 15 ECE bins, so that every
 #: stored level falls in the same bin as the confidence it stands for (:func:`quantise_confidence`).
 CONFIDENCE_LEVELS = 240
@@ -167,6 +170,31 @@ def record_rows(record: dict[str, Any], path: Path | str = "record") -> list[dic
     return rows
 
 
+def add_latency(rows: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    """``rows`` (one run's, :func:`record_rows`) with :data:`LATENCY_COLUMNS` on the points its
+    ``latency.json`` at ``path`` timed (matched by setting); unchanged where there is no such file.
+
+    Raises:
+        UsageError: the file cannot be read.
+    """
+    if not path.exists():
+        return rows
+    try:
+        result = json.loads(path.read_text())
+        timed = {json.dumps(p["setting"], sort_keys=True): p for p in result["points"]}
+        extra = {"latency_batch_size": int(result["batch_size"]), "latency_device": str(result["device"])}
+        n = int(result["samples"])
+        for row in rows:
+            p = timed.get(row["setting"])
+            if p is not None:
+                row.update(measured_speedup=float(p["measured_speedup"]),
+                           measured_s_per_sample=float(p["seconds"]) / n, **extra)
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{path}: cannot read it ({type(e).__name__}: {e}); run `eebench latency` again or "
+                         f"remove it") from None
+    return rows
+
+
 def _param_column(values: pd.Series) -> pd.Series:
     """One type per parameter column: bool, int, float, str, or else JSON text (lists, dicts, mixed)."""
     present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -221,7 +249,7 @@ def collect(runs_dir: Path) -> tuple[pd.DataFrame, dict[str, Path]]:
         if run_id in seen:
             raise UsageError(f"run {run_id} has two records, {seen[run_id]} and {path}; keep one")
         seen[run_id] = path
-        new = record_rows(record, path)
+        new = add_latency(record_rows(record, path), path.parent / LATENCY_FILE)
         if not new:
             log.warning("%s: no operating point, skipped", path)
         rows.extend(new)

@@ -157,8 +157,11 @@ def run_once(config: RunConfig, options: RunOptions) -> str:
     run (a resubmitted sweep while the first is still running) waits, then finds the record.
     Temporary files a killed attempt left in the run's folder are removed first.
 
+    With ``options.latency`` (a grid's ``latency:``), the run is then timed (:func:`eebench.latency.measure`),
+    and a recorded run without its ``latency.json`` is timed without being run again.
+
     Returns:
-        "skipped" (the record existed) or "done".
+        "skipped" (the record, and the timing asked for, existed) or "done".
 
     Raises:
         whatever :func:`eebench.runner.run` raises; nothing but the run's failure file
@@ -169,23 +172,30 @@ def run_once(config: RunConfig, options: RunOptions) -> str:
     from eebench.runner import run
 
     out = Path(options.out_dir)
-    if has_record(out, config.run_id):
+    latency = getattr(options, "latency", None)
+    if has_record(out, config.run_id, latency is not None):
         return "skipped"
     locks = out / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
     with FileLock(str(locks / f"{config.run_id}.lock")):
-        if has_record(out, config.run_id):
+        if has_record(out, config.run_id, latency is not None):
             return "skipped"
         for tmp in (out / config.run_id).glob(".*.*"):     # write_atomic's leftovers of a killed attempt
             tmp.unlink(missing_ok=True)
         clear_failure(out, config.run_id)
         t0 = time.perf_counter()
         try:
-            run(config, options)
+            if not has_record(out, config.run_id):
+                run(config, options)
+                log.info("run %s: record written in %.1f s", config.run_id, time.perf_counter() - t0)
+            if latency is not None:
+                from eebench.latency import LatencyOptions, measure
+
+                measure(out / config.run_id, options, LatencyOptions(**latency))
+                log.info("run %s: latency.json written", config.run_id)
         except Exception as e:
             write_failure(out, config.run_id, error_line(e))
             raise
-        log.info("run %s: record written in %.1f s", config.run_id, time.perf_counter() - t0)
     return "done"
 
 

@@ -1,5 +1,6 @@
 """The backbone pass on CUDA (skipped, saying why, where torch sees no CUDA device): the backbone and
-the batches on the device, bf16 autocast, float16 features back on the CPU, and CPU/CUDA agreement."""
+the batches on the device, bf16 autocast, float16 features back on the CPU, and CPU/CUDA agreement;
+the runtime (``eebench latency --device cuda``)."""
 from __future__ import annotations
 
 import pytest
@@ -33,3 +34,18 @@ def test_feature_pass_on_cuda_matches_the_cpu(tmp_path) -> None:
     # bf16 autocast: 8 mantissa bits; the exits' answers agree on nearly every sample
     assert (cpu.logits.argmax(1) == cuda.logits.argmax(1)).float().mean() >= 0.99
     torch.testing.assert_close(cuda.stacked.float(), cpu.stacked.float(), rtol=0.05, atol=0.05)
+
+
+def test_runtime_on_cuda_times_with_events_and_mostly_agrees(cli, tmp_path) -> None:
+    """``eebench latency --device cuda`` on a digits run made on the CPU: it runs on the GPU (the
+    record's device string), and under bf16 autocast the runtime's answers agree with the CPU
+    record on nearly every sample."""
+    import json
+
+    assert cli("run", "--method", "threshold", "--device", "cpu", "--out", tmp_path)[0] == 0
+    run_dir = next(tmp_path.glob("*/record.json")).parent
+    status, _, err = cli("latency", run_dir, "--device", "cuda", "--batch-size", "64", "--repeats", "1")
+    assert status == 0, err
+    result = json.loads((run_dir / "latency.json").read_text())
+    assert result["device"].startswith("cuda: ")
+    assert all(p["agreement"] >= 0.98 and p["measured_speedup"] > 0 for p in result["points"])

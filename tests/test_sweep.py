@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import EXPERIMENTS, SMOKE, check_record
@@ -221,3 +222,36 @@ def test_bad_profile_and_missing_slurm_are_usage_errors(cli, tmp_path, monkeypat
     status, _, err = cli("sweep", SMOKE, "--launcher", "slurm", "--out", tmp_path / "runs")
     assert status == 2 and "no SLURM client (sbatch, srun) on PATH" in err and "--launcher local" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_latency_key_times_each_run_and_the_report_gains_the_measured_column(cli, tmp_path):
+    """``latency:`` in a grid times every run after it (``latency.json`` beside the record); a run
+    recorded before, without it, is timed without being run again; ``eebench report`` and ``plot``
+    then carry the measured speed-up of the val-selected point and the measured-time figure."""
+    out = tmp_path / "runs"
+    plain = _write(tmp_path / "g.yaml", "name: timed\ndatasets: [digits]\nseeds: [0]\ntest_parameters: true\n"
+                                        "methods: {jei: {}}\n")
+    assert cli("sweep", plain, "--launcher", "inline", "--out", out)[0] == 0
+    record = next(out.glob("*/record.json"))
+    before = record.stat().st_mtime_ns
+    timed = _write(tmp_path / "t.yaml", f"include: {plain.name}\nlatency: {{batch_size: 64, repeats: 1}}\n")
+    status, dry, err = cli("sweep", timed, "--dry-run", "--launcher", "inline", "--out", out)
+    assert status == 0 and "1 runs (0 already recorded" in dry, dry + err      # recorded, but not timed yet
+    status, stdout, err = cli("sweep", timed, "--launcher", "inline", "--out", out)
+    assert status == 0, err
+    assert "1 runs: 0 already recorded, 1 finished now, 0 failed" in stdout
+    assert record.stat().st_mtime_ns == before                       # timed, not run again
+    latency = json.loads((record.parent / "latency.json").read_text())
+    assert latency["batch_size"] == 64 and all(p["agreement"] == 1.0 for p in latency["points"])
+    assert cli("report", out, "--out", tmp_path / "results")[0] == 0
+    board = pd.read_csv(tmp_path / "results" / "leaderboard.csv")
+    assert "measured_speedup_at_0.50_mean" in board.columns
+    speedups = {round(p["measured_speedup"], 3) for p in latency["points"]}
+    assert all(round(v, 3) in speedups for v in board.filter(like="measured_speedup_at").filter(like="_mean")
+               .iloc[0].dropna())
+    assert "measured × @0.50" in (tmp_path / "results" / "leaderboard.md").read_text()
+    assert cli("plot", tmp_path / "results" / "operating_points.parquet", "--out", tmp_path / "fig")[0] == 0
+    assert list((tmp_path / "fig").glob("*/fig6_measured_time.png"))
+    status, _, err = cli("sweep", _write(tmp_path / "bad.yaml", f"include: {plain.name}\nlatency: {{batch: 64}}\n"),
+                         "--launcher", "inline", "--out", out)
+    assert status == 2 and "latency: expected true, or a mapping of" in err

@@ -216,8 +216,7 @@ def resolve_launcher(launcher: str) -> str:
 
 def plan(configs: list[RunConfig], out_dir: Path, latency: bool = False
          ) -> tuple[list[str], dict[FeatureStage, list[RunConfig]]]:
-    """Split a grid's runs into those already recorded (and timed, with ``latency``) and the pending
-    ones grouped by feature stage."""
+    """A grid's runs split: those recorded (and timed, with ``latency``); the others by feature stage."""
     done, groups = [], {}
     for c in configs:
         if has_record(out_dir, c.run_id, latency):

@@ -206,7 +206,7 @@ def summary(result: dict[str, Any]) -> str:
     """A text table of the timed points: setting, cost, accuracy, the three speed-ups, p50/p90."""
     import pandas as pd
 
-    rows = [{**p["setting"], "cost": p["cost"], "acc %": 100 * p["accuracy"], "Mul-Add ×": p["muladd_speedup"],
+    rows = [{**{k: f"{v:g}" if isinstance(v, float) else v for k, v in p["setting"].items()}, "cost": p["cost"], "acc %": 100 * p["accuracy"], "Mul-Add ×": p["muladd_speedup"],
              "profile ×": p["time_profile_speedup"], "measured ×": p["measured_speedup"], "p50 ms": p["p50_ms"],
              "p90 ms": p["p90_ms"], "agree %": 100 * p["agreement"]} for p in result["points"]]
     head = (f"{result['method']} on {result['dataset']} / {result['backbone']}, {result['device']}, batch "

@@ -81,9 +81,11 @@ def run_exits(adapter: Any, rule: ExitRule, x: Any, device: torch.device | None 
         probs[running[out]] = p[out]
         exit_index[running[out]] = k - 1
         keep = ~out
-        if not bool(keep.any()):
+        left = int(keep.sum())
+        if left == 0:
             break
-        running, h, state = running[keep], keep_rows(h, keep), keep_rows(state, keep)
+        if left < len(keep):            # nothing to copy where nobody leaves
+            running, h, state = running[keep], keep_rows(h, keep), keep_rows(state, keep)
     return exit_index, probs
 
 
@@ -126,10 +128,13 @@ class TimeProfile:
         block_s: K floats, seconds per sample of block k on a full batch (the stem in block 1, the
             classifier in block K); their sum is the plain backbone's time per sample.
         exit_s: K−1 floats, seconds per sample at exit k < K: IM input, IM, gate and decision.
+        plain_s: seconds per sample of the plain backbone, timed in turn with the profile, batch by
+            batch (None where it was not).
     """
 
     block_s: list[float]
     exit_s: list[float]
+    plain_s: float | None = None
 
     def seconds(self, exit_index: np.ndarray) -> float:
         """Predicted mean seconds per sample of an operating point whose samples leave at
@@ -143,13 +148,15 @@ class TimeProfile:
         return float(sum(self.block_s)) / self.seconds(exit_index)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"block_s": self.block_s, "exit_s": self.exit_s, "plain_s_per_sample": float(sum(self.block_s))}
+        return {"block_s": self.block_s, "exit_s": self.exit_s, "blocks_s_per_sample": float(sum(self.block_s)),
+                "plain_s_per_sample": self.plain_s}
 
 
 @torch.no_grad()
 def time_profile(adapter: Any, rule: ExitRule, batches: Sequence[Any], device: torch.device, repeats: int = 3,
                  progress: Any = None) -> TimeProfile:
-    """Time each block and each exit (IM input, IM, gate and decision of ``rule``) on full batches.
+    """Time each block and each exit (IM input, IM, gate and decision of ``rule``) on full batches,
+    and the plain backbone in turn with them, batch by batch (:attr:`TimeProfile.plain_s`).
 
     Every sample goes through every block (nothing is dropped), so each part is timed at the batch
     size given; the median of ``repeats`` passes is kept, part by part.
@@ -165,32 +172,31 @@ def time_profile(adapter: Any, rule: ExitRule, batches: Sequence[Any], device: t
     n = sum(_batch_len(x) for x in batches)
     runs: list[np.ndarray] = []
     for _ in range(repeats):
-        t = np.zeros(2 * K - 1)                 # blocks 1..K, then exits 1..K−1
+        t = np.zeros(2 * K)                     # blocks 1..K, exits 1..K−1, the plain backbone
         for x in batches:
+            t[-1] += clock(lambda: run_plain(adapter, x, device))[0]
+            h: list[Any] = [x]           # the hidden state, replaced inside each timed call (its old value freed there)
             state = None
-            with backbone_precision(device):
-                dt, h = clock(lambda: adapter.block(1, adapter.stem(x)))
-            t[0] += dt
             for k in range(1, K + 1):
-                if k > 1:
+                def block() -> None:
                     with backbone_precision(device):
-                        dt, h = clock(lambda: adapter.block(k, h))
-                    t[k - 1] += dt
+                        h[0] = adapter.block(k, adapter.stem(h[0]) if k == 1 else h[0])
+                        if k == K:
+                            adapter.head(h[0])
+                            h[0] = None
+                t[k - 1] += clock(block)[0]
                 if k < K:
                     def step() -> Any:
                         with backbone_precision(device):
-                            f = _im_input(adapter, k, h)
+                            f = _im_input(adapter, k, h[0])
                         return rule.at_exit(k, f, state)[2]
                     dt, state = clock(step)
                     t[K + k - 1] += dt
-            with backbone_precision(device):
-                dt, _ = clock(lambda: adapter.head(h))
-            t[K - 1] += dt
         runs.append(t / n)
         if progress is not None:
             progress.update(1)
     med = np.median(np.stack(runs), axis=0)
-    return TimeProfile([float(v) for v in med[:K]], [float(v) for v in med[K:]])
+    return TimeProfile([float(v) for v in med[:K]], [float(v) for v in med[K:-1]], float(med[-1]))
 
 
 def _batch_len(x: Any) -> int:

@@ -24,7 +24,7 @@ def test_time_profile_predicts_seconds_and_speedup_by_hand():
     assert profile.seconds(np.array([0, 2, 1])) == pytest.approx((1.5 + 6.75 + 3.75) / 3)
     assert profile.speedup(np.array([0, 2, 1])) == pytest.approx(6.0 / 4.0)
     assert profile.speedup(np.array([2, 2])) == pytest.approx(6.0 / 6.75)    # exits cost time when nobody leaves
-    assert profile.to_dict()["plain_s_per_sample"] == 6.0
+    assert profile.to_dict()["blocks_s_per_sample"] == 6.0 and profile.to_dict()["plain_s_per_sample"] is None
 
 
 def test_keep_rows_drops_samples_from_any_hidden_state():

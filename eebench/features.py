@@ -213,7 +213,8 @@ def feature_key(**parts: Any) -> str:
 
 def place(adapter: Any, device: torch.device) -> Callable[[Any], Any]:
     """Put the frozen backbone on ``device`` (eval mode; channels-last on CUDA where it has
-    convolutions) and return ``input -> input`` that moves a batch there alike."""
+    convolutions, contiguous on the CPU: docs/decisions.md H3) and return ``input -> input`` that
+    moves a batch there alike."""
     cuda = device.type == "cuda"
     adapter.eval().to(device)
     convs = cuda and any(isinstance(m, torch.nn.Conv2d) for m in adapter.modules())

@@ -70,7 +70,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     new, new_samples = tables(out, None, opts, {c.run_id for c in plan.configs})
     cmp = reproduce.compare(report.leaderboard(plan.committed, plan.committed_samples, opts),
                             report.leaderboard(new, new_samples, opts))
+    other = reproduce.other_weights(plan.committed, new)
     moved = cmp[~cmp["holds"]]
+    if other:
+        print(f"not comparable: {other}; this machine's kernels trained another backbone than the committed "
+              f"one (README, Reproducing), so {len(moved)} of {len(cmp)} figures moving says nothing; reproduce "
+              f"on the committed runs' CPU, or regenerate the setting's results here")
+        return reproduce.OTHER_WEIGHTS
     if moved.empty:
         print(f"reproduced: all {len(cmp)} figures of {cmp['variant'].nunique()} method variants within their "
               f"standard errors of the committed table (largest |delta| {cmp['delta'].abs().max():.4f})")

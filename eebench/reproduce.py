@@ -137,6 +137,20 @@ def plan(setting: str, methods: list[str] | None = None, seeds: list[int] | None
     return Plan(grid, configs, rows, kept)
 
 
+OTHER_WEIGHTS = 3
+"""Exit status of ``eebench reproduce`` when a backbone trained here differs from the committed one."""
+
+
+def other_weights(committed: pd.DataFrame, new: pd.DataFrame) -> str:
+    """The backbones whose ``weights_sha256`` in the new runs' table differs from the committed
+    table's, as "backbone (dataset): committed SHA, here SHA; ..." ("" where all match)."""
+    keys = ["dataset", "backbone"]
+    old = committed.drop_duplicates(keys).set_index(keys)["weights_sha256"]
+    now = new.drop_duplicates(keys).set_index(keys)["weights_sha256"]
+    return "; ".join(f"{b} ({d}): committed {old[(d, b)]}, here {sha}" for (d, b), sha in now.items()
+                     if (d, b) in old.index and old[(d, b)] != sha)
+
+
 def compare(committed: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """Figure by figure, the committed and the new leaderboard: one row per (variant, figure) with
     ``committed``, ``new``, ``delta``, ``se`` and ``holds`` (|delta| ≤ se, or equal where se is

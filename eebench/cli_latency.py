@@ -14,8 +14,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Execute the run's fitted exits block by block on its test samples (exited samples leave the "
                     "batch), time each operating point against the plain backbone on the same samples, and write "
                     "RUN_DIR/latency.json: per point the Mul-Add, time-profile and measured speed-ups, p50/p90 "
-                    "latency per call, and the runtime's agreement with the record. Time on an otherwise idle "
-                    "machine. Needs the run's data and weights (--data-dir, --weights-dir as for `run`).")
+                    "latency per call, the runtime's agreement with the record, and that of each point's rule "
+                    "on the cached IM inputs. Time on an otherwise idle machine. Needs the run's data and weights "
+                    "(--data-dir, --weights-dir as for `run`).")
     p.add_argument("run_dir", type=Path, help="a finished run's directory (runs/<run id>)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per call (1: one at a time; default 256)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")

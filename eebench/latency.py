@@ -4,7 +4,8 @@ its test samples, timed against the plain backbone, written to ``RUN_DIR/latency
 For every operating point timed: the Mul-Add speed-up (1 / cost), the speed-up its measured time
 profile predicts and the measured one (the plain backbone and the runtime timed in turn, batch by
 batch, so that a drift of the machine's speed falls on both), with the per-call latency (p50, p90)
-and the runtime's agreement with the record (same exit and class for every sample).
+and the runtime's agreement with the record (same exit and class for every sample), beside the
+agreement of the point's rule run on the record's own IM inputs (:class:`~eebench.runtime.CachedBackbone`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from eebench.errors import ConfigError, UsageError
 from eebench.features import place
 from eebench.replay import exits_path, read_record, replay
 from eebench.runner import RunOptions
-from eebench.runtime import TimedPasses, run_exits, run_plain, time_profile, timed_passes
+from eebench.runtime import CachedBackbone, TimedPasses, run_exits, run_plain, time_profile, timed_passes
 from eebench.records import LATENCY_FILE, write_json
 
 LATENCY_VERSION = 1
@@ -161,6 +162,14 @@ def measure(run_dir: Path, options: RunOptions, opts: LatencyOptions) -> dict[st
             m.to(device).eval()
     batches, labels = test_batches(prep, record["config"]["backbone"], n, opts.batch_size, move)
     exit_costs = prep.costs.exit_costs(fitted.gate_muladds)
+    cached = CachedBackbone(prep.features["test"], device)
+    row_batches = torch.arange(n, device=device).split(opts.batch_size)
+
+    def same_as_record(i: int, outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
+        """``(exit_index [n], same [n] bool)``: the runtime's exits, and where exit and class are the record's."""
+        exit_index = torch.cat([e for e, _ in outputs]).cpu().numpy()
+        prediction = torch.cat([p.argmax(1) for _, p in outputs]).cpu().numpy()
+        return exit_index, (exit_index == samples["exit_index"][i][:n]) & (prediction == samples["prediction"][i][:n])
 
     def plain_fn(x: Any) -> Any:
         return run_plain(adapter, x, device)
@@ -178,9 +187,9 @@ def measure(run_dir: Path, options: RunOptions, opts: LatencyOptions) -> dict[st
                                       opts.repeats, bar)
             plain_calls += plain.calls
             plain_totals += plain.totals
-            exit_index = torch.cat([e for e, _ in run.outputs]).cpu().numpy()
+            exit_index, same = same_as_record(i, run.outputs)
             prediction = torch.cat([p.argmax(1) for _, p in run.outputs]).cpu().numpy()
-            same = (exit_index == samples["exit_index"][i][:n]) & (prediction == samples["prediction"][i][:n])
+            _, decided_same = same_as_record(i, [run_exits(cached, rule, r, device) for r in row_batches])
             cost = float(exit_costs[exit_index].mean())
             points.append({
                 "setting": record["operating_points"][i]["setting"], "cost": cost,
@@ -189,7 +198,7 @@ def measure(run_dir: Path, options: RunOptions, opts: LatencyOptions) -> dict[st
                 "measured_speedup": plain.median_s / run.median_s, "seconds": run.median_s,
                 "plain_seconds": plain.median_s, "p50_ms": run.call_ms(0.5), "p90_ms": run.call_ms(0.9),
                 "exit_shares": (np.bincount(exit_index, minlength=len(exit_costs)) / n).tolist(),
-                "agreement": float(same.mean())})
+                "agreement": float(same.mean()), "decision_agreement": float(decided_same.mean())})
     plain_all = TimedPasses(plain_totals, plain_calls, [])
     result = {"version": LATENCY_VERSION, "run_id": record["run_id"], "method": record["config"]["method"],
               "backbone": record["config"]["backbone"], "dataset": record["config"]["dataset"],
@@ -208,8 +217,21 @@ def summary(result: dict[str, Any]) -> str:
 
     rows = [{**{k: f"{v:g}" if isinstance(v, float) else v for k, v in p["setting"].items()}, "cost": p["cost"], "acc %": 100 * p["accuracy"], "Mul-Add ×": p["muladd_speedup"],
              "profile ×": p["time_profile_speedup"], "measured ×": p["measured_speedup"], "p50 ms": p["p50_ms"],
-             "p90 ms": p["p90_ms"], "agree %": 100 * p["agreement"]} for p in result["points"]]
+             "p90 ms": p["p90_ms"], "agree %": 100 * p["agreement"],
+             "rule agrees %": 100 * p["decision_agreement"]} for p in result["points"]]
     head = (f"{result['method']} on {result['dataset']} / {result['backbone']}, {result['device']}, batch "
             f"{result['batch_size']}, {result['samples']} samples, median of {result['repeats']}: plain backbone "
             f"{result['plain_s']:.3f} s (p50 {result['plain_p50_ms']:.2f} ms per call)")
-    return head + "\n" + pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.3f}")
+    lines = [head, pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.3f}")]
+    for p in result["points"]:
+        other = round((1 - p["agreement"]) * result["samples"])
+        if p["decision_agreement"] < 1:
+            lines.append(f"{p['setting']}: the rule decides otherwise than the record on "
+                         f"{round((1 - p['decision_agreement']) * result['samples'])} samples of its own IM inputs: "
+                         f"a bug in the method's exit_rules; please report it")
+        elif other:
+            lines.append(f"{p['setting']}: {other} of {result['samples']} samples take another exit or class than the "
+                         f"record, where the rule on the record's IM inputs agrees on all: the backbone rounds the "
+                         f"IM inputs otherwise at batch {result['batch_size']} than the feature pass "
+                         f"(docs/decisions.md H4)")
+    return "\n".join(lines)

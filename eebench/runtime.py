@@ -5,7 +5,8 @@ method's decision (:class:`~eebench.method.ExitRule`: IM, gate or scheduler, thr
 and drops the samples that exit from the batch before block k+1 (compaction: on the CPU a masked
 sample costs as much as a running one, so masking saves nothing). The IM input is rounded to
 float16 as the feature cache stores it, so the runtime takes the decisions the run's record was
-computed from, sample for sample.
+computed from, sample for sample (one sample at a time the backbone rounds otherwise and a rounding
+tie may leave elsewhere; :class:`CachedBackbone` checks the rule alone, docs/decisions.md H4).
 
 :class:`TimeProfile` is the measured counterpart of the Mul-Add :class:`~eebench.costs.CostProfile`:
 seconds per sample of each block and of each exit's IM and gate, at one batch size on one device,
@@ -21,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from eebench.features import backbone_precision
+from eebench.features import SplitFeatures, backbone_precision
 from eebench.method import ExitRule
 
 
@@ -87,6 +88,40 @@ def run_exits(adapter: Any, rule: ExitRule, x: Any, device: torch.device | None 
         if left < len(keep):            # nothing to copy where nobody leaves
             running, h, state = running[keep], keep_rows(h, keep), keep_rows(state, keep)
     return exit_index, probs
+
+
+class CachedBackbone:
+    """A stand-in for the backbone that answers from the feature cache, for :func:`run_exits`: the
+    hidden state is each sample's row number ``[B]`` int64, a block passes it on, and the IM inputs
+    and logits are the cached ones (the numbers the record's decisions were computed from). Through
+    :func:`run_exits` it runs an operating point's rule in the runtime's order and batch size with no
+    backbone arithmetic, which separates a rule that decides otherwise than ``predict`` from a
+    backbone that rounds otherwise at another batch size.
+
+    Args:
+        split: the cached features of the samples (``[N, ΣD_k]`` float16 IM inputs, ``[N, C]`` logits).
+        device: where the rule runs (the rows are gathered on the CPU and moved there).
+    """
+
+    def __init__(self, split: SplitFeatures, device: torch.device | None = None):
+        self.split, self.device = split, device or torch.device("cpu")
+        self.num_blocks = split.num_exits
+        self.offsets = np.concatenate([[0], np.cumsum(split.dims)]).tolist()
+
+    def stem(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows
+
+    def block(self, k: int, rows: torch.Tensor) -> torch.Tensor:
+        return rows
+
+    def im_input(self, k: int, rows: torch.Tensor) -> torch.Tensor:
+        """The cached IM input after block k of ``rows``: ``[B, D_k]`` float32 on the device."""
+        x = self.split.stacked[rows.cpu()][:, self.offsets[k - 1]:self.offsets[k]]
+        return x.float().to(self.device)
+
+    def head(self, rows: torch.Tensor) -> torch.Tensor:
+        """The cached logits of ``rows``: ``[B, C]`` float32 on the device."""
+        return self.split.logits[rows.cpu()].float().to(self.device)
 
 
 @torch.no_grad()

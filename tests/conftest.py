@@ -59,12 +59,15 @@ def read_record(out_dir: Path) -> dict:
     return json.loads(records[0].read_text())
 
 
-def check_replay(out_dir: Path, options: Any = None, runtime_samples: int | None = 300) -> None:
+def check_replay(out_dir: Path, options: Any = None, runtime_samples: int | None = 300, batch_size: int = 64
+                 ) -> None:
     """The run in ``out_dir``, replayed from its saved exits without refitting, answers every test
     sample of every operating point as the run did (same exit, same class); so does the runtime
     (:mod:`eebench.runtime`, through ``eebench latency`` on the first ``runtime_samples`` test
-    samples in batches of 64, exited samples dropped from the batch), whose ``latency.json`` has
-    every field."""
+    samples in batches of ``batch_size``, exited samples dropped from the batch), whose
+    ``latency.json`` has every field. Each point's rule on the cached IM inputs decides as the record
+    on every sample; the backbone's own IM inputs may round otherwise at batch 1 than at the feature
+    pass's 256 (docs/decisions.md H4), so there the runtime must agree on 99 % of the samples."""
     from eebench.latency import LatencyOptions, measure
     from eebench.replay import replay
     from eebench.runner import RunOptions
@@ -77,19 +80,20 @@ def check_replay(out_dir: Path, options: Any = None, runtime_samples: int | None
     for i, p in enumerate(points):
         np.testing.assert_array_equal(p.exit_index, samples["exit_index"][i])
         np.testing.assert_array_equal(p.answered_probs.argmax(1).numpy(), samples["prediction"][i])
-    result = measure(run_dir, options or RunOptions(), LatencyOptions(batch_size=64, samples=runtime_samples,
+    result = measure(run_dir, options or RunOptions(), LatencyOptions(batch_size=batch_size, samples=runtime_samples,
                                                                        repeats=1))
     assert json.loads((run_dir / "latency.json").read_text()) == json.loads(json.dumps(result))
     assert [p["setting"] for p in result["points"]] == [p.setting for p in points]
     n = result["samples"]
     assert n == min(runtime_samples or 10**9, samples["exit_index"].shape[1])
     for i, p in enumerate(result["points"]):
-        assert p["agreement"] == 1.0, (p["setting"], p["agreement"])
+        assert p["decision_agreement"] == 1.0, (p["setting"], p["decision_agreement"])
+        assert p["agreement"] >= (1.0 if batch_size > 1 else 0.99), (p["setting"], p["agreement"])
         accuracy = (samples["prediction"][i][:n] == samples["labels"][:n]).mean()
         assert p["accuracy"] == pytest.approx(accuracy, abs=1e-9)
         assert p["muladd_speedup"] == pytest.approx(1 / p["cost"]) and p["measured_speedup"] > 0
         assert p["time_profile_speedup"] > 0 and 0 < p["p50_ms"] <= p["p90_ms"]
-    assert result["device"] == "cpu" and result["batch_size"] == 64 and result["plain_s"] > 0
+    assert result["device"] == "cpu" and result["batch_size"] == batch_size and result["plain_s"] > 0
 
 
 def check_record(record: dict) -> None:

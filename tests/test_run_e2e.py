@@ -75,6 +75,7 @@ def test_jei_on_digits_reuses_features(cli, tmp_path):
         assert len(p["conformal"]["coverage"]) == 10
     # JEI's gates cost Mul-Adds: the last exit costs more than the plain backbone
     assert r["exit_costs"][-1] > 1.0
+    check_replay(tmp_path / "jei", batch_size=1)      # one sample at a time, gates in the path
 
 
 def test_jei_with_one_set_of_ims_per_lambda_replays(cli, tmp_path):

@@ -15,7 +15,9 @@ from conftest import DATA_DIR, WEIGHTS_DIR, check_replay, needs_shared, read_rec
 from eebench.graphs import GraphBatch
 from eebench.method import load_methods
 from eebench.runner import RunOptions
-from eebench.runtime import TimeProfile, keep_rows
+from eebench.exit_policy import IMSteps, ThresholdRule
+from eebench.features import SplitFeatures
+from eebench.runtime import CachedBackbone, TimeProfile, keep_rows, run_exits
 
 
 def test_time_profile_predicts_seconds_and_speedup_by_hand():
@@ -36,6 +38,23 @@ def test_keep_rows_drops_samples_from_any_hidden_state():
     assert keep_rows(None, keep) is None and keep_rows([torch.arange(3)], keep)[0].tolist() == [0, 2]
     with pytest.raises(TypeError, match="cannot drop samples"):
         keep_rows({"h": torch.arange(3)}, keep)
+
+
+def test_cached_backbone_runs_a_rule_on_the_cached_rows():
+    """The IM input of each exit is the cached (float16) row of each sample, in the order the rows are
+    asked for; run through :func:`run_exits` a threshold rule gives the exits worked out by hand."""
+    exit1 = torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, 0.1], [0.0, 3.0]])    # max softmax .881 .5 .525 .953
+    exit2 = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 0.2], [0.0, 0.0]])    # .5 .982 .550 .5
+    logits = torch.tensor([[0.0, 1.0], [1.0, 0.0], [5.0, 0.0], [0.0, 0.0]])
+    cached = CachedBackbone(SplitFeatures.from_im_inputs([exit1, exit2], logits, torch.zeros(4, dtype=torch.long)))
+    rows = torch.tensor([3, 0, 2, 1])
+    assert cached.num_blocks == 3 and torch.equal(cached.im_input(2, rows), exit2[rows].half().float())
+    assert torch.equal(cached.head(rows), logits[rows])
+    rule = ThresholdRule(IMSteps(torch.nn.ModuleList([torch.nn.Identity(), torch.nn.Identity()])),
+                         np.array([0.8, 0.8, -np.inf]))
+    exit_index, probs = run_exits(cached, rule, rows)
+    assert exit_index.tolist() == [0, 0, 2, 1]           # rows 3, 0 at exit 1; row 2 runs to the end; row 1 at exit 2
+    assert probs.argmax(1).tolist() == [1, 0, 0, 0]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -165,11 +165,14 @@ def measure(run_dir: Path, options: RunOptions, opts: LatencyOptions) -> dict[st
     cached = CachedBackbone(prep.features["test"], device)
     row_batches = torch.arange(n, device=device).split(opts.batch_size)
 
-    def same_as_record(i: int, outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
-        """``(exit_index [n], same [n] bool)``: the runtime's exits, and where exit and class are the record's."""
+    def same_as_record(i: int, outputs: list[tuple[torch.Tensor, torch.Tensor]]
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(exit_index [n], prediction [n], same [n] bool)``: the runtime's exits and classes, and where
+        both are the record's."""
         exit_index = torch.cat([e for e, _ in outputs]).cpu().numpy()
         prediction = torch.cat([p.argmax(1) for _, p in outputs]).cpu().numpy()
-        return exit_index, (exit_index == samples["exit_index"][i][:n]) & (prediction == samples["prediction"][i][:n])
+        same = (exit_index == samples["exit_index"][i][:n]) & (prediction == samples["prediction"][i][:n])
+        return exit_index, prediction, same
 
     def plain_fn(x: Any) -> Any:
         return run_plain(adapter, x, device)
@@ -187,9 +190,8 @@ def measure(run_dir: Path, options: RunOptions, opts: LatencyOptions) -> dict[st
                                       opts.repeats, bar)
             plain_calls += plain.calls
             plain_totals += plain.totals
-            exit_index, same = same_as_record(i, run.outputs)
-            prediction = torch.cat([p.argmax(1) for _, p in run.outputs]).cpu().numpy()
-            _, decided_same = same_as_record(i, [run_exits(cached, rule, r, device) for r in row_batches])
+            exit_index, prediction, same = same_as_record(i, run.outputs)
+            decided_same = same_as_record(i, [run_exits(cached, rule, r, device) for r in row_batches])[2]
             cost = float(exit_costs[exit_index].mean())
             points.append({
                 "setting": record["operating_points"][i]["setting"], "cost": cost,

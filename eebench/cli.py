@@ -162,7 +162,8 @@ def training_setup(args: argparse.Namespace) -> tuple[str, Any, dict[str, Any]]:
     """
     from eebench import paths
     from eebench.backbones import BACKBONES
-    from eebench.config import PARAM_SECTIONS, check_params, parse_set, place_set, resolve_holdout, resolve_recipe
+    from eebench.config import (PARAM_SECTIONS, check_params, check_weights_unseen, parse_set, place_set,
+                                resolve_holdout, resolve_recipe)
     from eebench.data import DATASETS, load_splits
 
     spec = BACKBONES.get(args.backbone)
@@ -175,6 +176,7 @@ def training_setup(args: argparse.Namespace) -> tuple[str, Any, dict[str, Any]]:
     if dataset_params["holdout"] == "auto":
         dataset_params["holdout"] = resolve_holdout(spec.name, dspec.name)
     recipe = resolve_recipe(spec.name, dspec.name, "trained", data["recipe"], dataset_params, args.data_dir)
+    check_weights_unseen(spec.name, dspec.name, "trained", recipe)
     cache = paths.cache_dir(args.cache_dir)
     splits = load_splits(dspec.name, dataset_params, paths.data_dir(args.data_dir), cache)
     return spec.name, splits, recipe

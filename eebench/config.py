@@ -319,6 +319,7 @@ def from_dict(data: dict[str, Any], data_dir: Path | None = None) -> RunConfig:
                           f"(eebench list backbones)")
     backbone_params = {k: v for k, v in backbone_params.items() if v is not None}
     recipe = resolve_recipe(backbone_name, dataset_name, weights, data["recipe"], dataset_params, data_dir)
+    check_weights_unseen(backbone_name, dataset_name, weights, recipe)
     if bspec.generic and "exits" in backbone_params:
         from eebench.backbones.timm_generic import check_exits
 
@@ -373,6 +374,27 @@ def resolve_recipe(backbone: str, dataset: str, weights: str, given: dict[str, A
         if key in default:
             recipe[key] = {**default[key], **(model_kwargs or {})}
     return recipe
+
+
+def check_weights_unseen(backbone: str, dataset: str, weights: str, recipe: dict[str, Any]) -> None:
+    """Refuse weights that saw more than ``dataset``'s train split: for a dataset cut from another's
+    train split (a long tail, ``DatasetSpec.train_subset_of``), the backbone's published checkpoint of
+    that dataset, used as it is or as the start of a fine-tune.
+
+    Raises:
+        ConfigError: such weights (one line naming them and what to use instead).
+    """
+    from eebench.backbones import BACKBONES
+    from eebench.data import DATASETS
+
+    base = DATASETS.get(dataset).train_subset_of
+    spec = BACKBONES.get(backbone)
+    if base is None or spec.pretrained_on != base:
+        return
+    if weights == "published" or recipe.get("init") == "pretrained":
+        raise ConfigError(f"{spec.name}'s published weights saw all of {base}'s balanced train split, of which "
+                          f"{dataset}'s train split is a part: train a backbone from scratch on {dataset} "
+                          f"(--backbone {DATASETS.get(dataset).default_backbone}, or --set recipe.init=scratch)")
 
 
 def resolve_holdout(backbone: str, dataset: str) -> str:

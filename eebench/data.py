@@ -77,6 +77,8 @@ class DatasetSpec:
             False for digits); None where nobody declared it (training recipes then do not flip).
         generic: the input and label columns and C are read from the data (``hf:`` ids and folders,
             :mod:`eebench.datasets.generic`); ``num_classes`` is 0 until then.
+        train_subset_of: the dataset whose train split this one's is cut from (a long tail): weights
+            trained on that dataset saw more than this train split and are refused.
     """
 
     name: str
@@ -93,6 +95,7 @@ class DatasetSpec:
     bundled: bool = False
     hflip_invariant: bool | None = None
     generic: bool = False
+    train_subset_of: str | None = None
 
     def default_parameters(self) -> dict[str, Any]:
         return {**SPLIT_PARAMETERS, **self.parameters}

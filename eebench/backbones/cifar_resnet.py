@@ -1,8 +1,10 @@
 """The original CIFAR ResNet (He et al., CVPR 2016, §4.2), option A shortcuts, registered with timm.
 
-``cifar_resnet20`` and ``cifar_resnet56``: conv3x3(16) → three stages of n basic blocks
-(16, 32, 64 channels; strides 1, 2, 2) → global average pool → linear. n = 3 and 9. The option-A
-shortcut subsamples by 2 and zero-pads channels, so it has no parameters.
+``cifar_resnet20``, ``cifar_resnet32`` and ``cifar_resnet56``: conv3x3(16) → three stages of n basic
+blocks (16, 32, 64 channels; strides 1, 2, 2) → global average pool → linear. n = 3, 5 and 9. The
+option-A shortcut subsamples by 2 and zero-pads channels, so it has no parameters. ResNet-32 has no
+published checkpoint here: it is the long-tail backbone, trained from scratch on CIFAR-10-LT as in
+LDAM (Cao et al., NeurIPS 2019).
 
 ``pretrained=True`` loads the published CIFAR-10 checkpoints of akamaster/pytorch_resnet_cifar10
 (BSD-2-Clause) through :func:`checkpoint_filter_fn`: from their public URL, or from a local file
@@ -182,6 +184,7 @@ def _cfg(file_name: str, **kwargs) -> dict:
 default_cfgs = generate_default_cfgs({
     "cifar_resnet20.akamaster_cifar10": _cfg(WEIGHT_FILES["cifar_resnet20"]),
     "cifar_resnet56.akamaster_cifar10": _cfg(WEIGHT_FILES["cifar_resnet56"]),
+    "cifar_resnet32.untrained": _cfg("", url=None),
 })
 
 
@@ -197,6 +200,12 @@ def cifar_resnet20(pretrained: bool = False, **kwargs) -> CifarResNet:
 
 
 @register_model
+def cifar_resnet32(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-32 (0.46 M parameters, 69 M Mul-Adds at 32 px); no published weights."""
+    return _create("cifar_resnet32", 32, pretrained, **kwargs)
+
+
+@register_model
 def cifar_resnet56(pretrained: bool = False, **kwargs) -> CifarResNet:
     """CIFAR ResNet-56 (0.85 M parameters, 126 M Mul-Adds at 32 px)."""
     return _create("cifar_resnet56", 56, pretrained, **kwargs)
@@ -208,3 +217,10 @@ for _depth in (20, 56):
         weights_file=WEIGHT_FILES[f"cifar_resnet{_depth}"], pretrained_on="cifar10",
         recipe={"epochs": 30, "lr": 0.1, "weight_decay": 1e-4, "batch_size": 128, "augment": "crop_flip"}),
         aliases=(f"resnet{_depth}",))
+# CIFAR-10-LT (LDAM's setting): from scratch on the long-tailed train split, SGD lr 0.1, wd 2e-4, batch
+# 128, 5 warm-up epochs, then cosine (LDAM steps the rate down at 160 and 180): docs/decisions.md B4
+register_backbone(BackboneSpec(
+    name="cifar_resnet32", adapter=CifarResNetExits, description="CIFAR ResNet-32 (option A), trained here",
+    recipe={"epochs": 30, "lr": 0.1, "weight_decay": 1e-4, "batch_size": 128, "augment": "crop_flip"},
+    dataset_recipes={"cifar10-lt": {"epochs": 200, "weight_decay": 2e-4, "warmup_epochs": 5}}),
+    aliases=("resnet32",))

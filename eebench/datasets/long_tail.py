@@ -8,8 +8,11 @@ smallest class count, so every n_i exists): 500 → 5 for CIFAR-100. The images 
 n_i of a seeded permutation (``lt_seed``) of the class's rows, in source order afterwards. The
 test split stays balanced, as in the long-tail literature; ``lt_test: true`` gives it the same
 profile (n_max = its own per-class count, 100 → 1 on CIFAR-100), as the ``IMBALANCECIFAR100``
-class of the JEI-DNN code does when it is built on the test split. ``val`` and ``calib`` are then
-carved from the long-tailed train split as for every dataset, so they follow its profile.
+class of the JEI-DNN code does when it is built on the test split. The long-tailed train split is
+kept whole (12,406 images for CIFAR-10-LT, as in LDAM): ``val`` and ``calib`` are carved from the
+test split (``holdout: test``), so they follow its profile (``docs/decisions.md`` B4). Weights
+that saw the base dataset's balanced train split (a published CIFAR-10 checkpoint, or a fine-tune
+of one) are refused (``DatasetSpec.train_subset_of``).
 A derived dataset is written once (:mod:`eebench.derived`), its key hashing the source's content
 fingerprint and the long-tail parameters.
 """
@@ -126,12 +129,13 @@ def _long_tail_builder(name: str, base: str):
     return build
 
 
-for _name, _base, _backbone in (("cifar100-lt", "cifar100", "t2t_vit_14"), ("cifar10-lt", "cifar10", "t2t_vit_7")):
+for _name, _base, _backbone in (("cifar100-lt", "cifar100", "t2t_vit_14"), ("cifar10-lt", "cifar10", "cifar_resnet32")):
     _spec = DATASETS.get(_base)
     register_dataset(DatasetSpec(
         name=_name, hub_id=None, num_classes=_spec.num_classes, default_backbone=_backbone,
         image_column=_spec.image_column, label_column=_spec.label_column, hflip_invariant=_spec.hflip_invariant,
-        builder=_long_tail_builder(_name, _base), parameters=dict(LONG_TAIL_PARAMETERS),
+        builder=_long_tail_builder(_name, _base), parameters={**LONG_TAIL_PARAMETERS, "holdout": "test"},
+        train_subset_of=_base,
         parameter_constraints=dict(LONG_TAIL_CONSTRAINTS),
         description=f"{_base} with a long-tailed train split (exponential profile, imbalance 100; "
                     f"derived from {_spec.hub_id})"))

@@ -129,7 +129,7 @@ def _long_tail_builder(name: str, base: str):
     return build
 
 
-for _name, _base, _backbone in (("cifar100-lt", "cifar100", "t2t_vit_14"), ("cifar10-lt", "cifar10", "cifar_resnet32")):
+for _name, _base, _backbone in (("cifar100-lt", "cifar100", "t2t_vit_14"), ("cifar10-lt", "cifar10", "cifar_resnet20")):
     _spec = DATASETS.get(_base)
     register_dataset(DatasetSpec(
         name=_name, hub_id=None, num_classes=_spec.num_classes, default_backbone=_backbone,

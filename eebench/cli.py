@@ -41,6 +41,8 @@ def add_dir_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="local mirror: DIR/<dataset>/{train,test}.parquet (env EEBENCH_DATA_DIR)")
     p.add_argument("--weights-dir", type=Path, help="folder with published checkpoint files (env EEBENCH_WEIGHTS_DIR)")
     p.add_argument("--cache-dir", type=Path, help="feature/backbone cache root (env EEBENCH_CACHE_DIR, default ~/.cache/eebench)")
+    p.add_argument("--threads", metavar="N", help="torch CPU threads (env EEBENCH_THREADS; default: the CPUs this "
+                                                  "process may use, from its affinity, cgroup quota and SLURM task)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="method seed (default 0)")
     run.add_argument("--out", type=Path, default=Path("runs"), help="output folder for run records (default ./runs)")
     run.add_argument("--batch-size", type=int, default=256, help="batch size of the backbone pass")
-    run.add_argument("--num-workers", type=int, default=1, help="data-loading workers of the backbone pass")
+    run.add_argument("--num-workers", type=int, help="data-loading workers of the backbone pass "
+                                                    "(default: the CPUs this process may use less one, at least 1)")
     run.add_argument("--device", default="auto", help="where the backbone pass runs: auto (default), cpu, cuda, cuda:N")
     add_common_options(run)
     run.set_defaults(handler=cmd_run)
@@ -194,6 +197,17 @@ def cmd_backbone_train(args: argparse.Namespace) -> int:
         f"; stopped after epoch {meta['epochs_done']} (run again without --stop-after to finish)"
     print(f"trained {backbone} on {splits.spec.name}: val accuracy {100 * meta['best_val_accuracy']:.2f} % "
           f"(epoch {meta['best_epoch']} of {meta['recipe']['epochs']}), {meta['train_seconds']:.0f} s of training{partial}; {path}")
+    from eebench.backbones import BACKBONES
+    from eebench.data import file_sha256
+    from eebench.weights import shipped_for
+
+    shipped = shipped_for(BACKBONES.get(backbone), splits, recipe)
+    if shipped is not None:
+        sha = file_sha256(path)
+        same = "the same weights" if sha == shipped.sha256 else \
+            "other weights (this CPU's kernels; runs keep using the shipped ones, docs/decisions.md R2)"
+        print(f"eebench ships weights for this recipe ({shipped.file}, sha256 {shipped.sha256[:16]}); these "
+              f"(sha256 {sha[:16]}) are {same}")
     return 0
 
 
@@ -230,6 +244,23 @@ def quiet_libraries() -> None:
         sys.modules["datasets"].disable_progress_bars()
 
 
+def configure_threads(args: argparse.Namespace) -> None:
+    """Size torch's thread pool from ``--threads`` / ``$EEBENCH_THREADS`` / the CPUs this process may
+    use (:mod:`eebench.threads`), and pass the count on to the jobs a sweep starts.
+
+    Raises:
+        UsageError: a count that is not a whole number ≥ 1.
+    """
+    from eebench.threads import THREADS_ENV, resolve_threads, set_threads
+
+    n, source = resolve_threads(args.threads)
+    args.threads = n
+    if source != "available CPUs":
+        os.environ[THREADS_ENV] = str(n)
+    set_threads(n)
+    log.debug("torch threads: %d (%s)", n, source)
+
+
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that every ``finally`` and lock release runs."""
 
@@ -250,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
+        if hasattr(args, "threads"):
+            configure_threads(args)
         return int(args.handler(args))
     except EEBenchError as e:
         print(f"error: {e}", file=sys.stderr)

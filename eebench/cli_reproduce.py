@@ -31,7 +31,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="where the new run records go (default runs/reproduce/<setting>)")
     p.add_argument("--allow-drift", action="store_true", help="run even if installed versions differ from the lock")
     p.add_argument("--batch-size", type=int, default=256, help="batch size of the backbone pass")
-    p.add_argument("--num-workers", type=int, default=1, help="data-loading workers of the backbone pass")
+    p.add_argument("--num-workers", type=int, help="data-loading workers of the backbone pass "
+                                                    "(default: the CPUs this process may use less one, at least 1)")
     add_common_options(p)
     p.set_defaults(handler=cmd_reproduce)
 

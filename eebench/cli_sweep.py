@@ -45,7 +45,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-wait", action="store_true",
                    help="return once submitted (SLURM); gather later with --collect")
     p.add_argument("--batch-size", type=int, default=256, help="batch size of the backbone pass")
-    p.add_argument("--num-workers", type=int, default=1, help="data-loading workers of the backbone pass")
+    p.add_argument("--num-workers", type=int, help="data-loading workers of the backbone pass "
+                                                    "(default: the CPUs this process may use less one, at least 1)")
     p.add_argument("--device", default="auto",
                    help="where the backbone pass runs: auto (default), cpu, cuda, cuda:N (a profile's device: wins)")
     add_common_options(p)

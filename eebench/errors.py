@@ -45,3 +45,7 @@ class NonFiniteLossError(EEBenchError):
 
 class CorruptCacheError(EEBenchError):
     """A cache entry (features, trained backbone) cannot be read; the message says what to delete."""
+
+
+class CorruptFileError(EEBenchError):
+    """A file that ships with eebench (the offline default's backbone weights) fails its sha256 check."""

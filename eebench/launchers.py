@@ -398,7 +398,9 @@ def _run_local(grid: Grid, groups: dict[FeatureStage, list[RunConfig]], options:
                   say: Callable[[str], None]) -> list[_Unit]:
     """submitit's local executor: at most ``max_parallel`` subprocesses; a group's runs start when
     its feature job has finished (a first wave), and are failed with it when it fails."""
-    cpus = os.cpu_count() or 1
+    from eebench.threads import available_cpus, resolve_threads
+
+    cpus = resolve_threads()[0] if os.environ.get("EEBENCH_THREADS") else available_cpus()
     parallel = int(max_parallel or max(1, cpus // 2))
     threads = max(1, cpus // parallel)
     feat_ex = _executor("local", log_dir, profile, "features", grid.name)

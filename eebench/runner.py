@@ -27,6 +27,7 @@ from eebench.method import ExitTask, FittedMethod, load_methods
 from eebench.metrics import SET_SIZE_ALPHA, conformal_set_sizes, evaluate
 from eebench.integrity import save_hashed
 from eebench.records import git_revision, versions, write_json, write_npz
+from eebench.threads import data_workers, fit_threads, torch_threads
 from eebench.weights import load_backbone
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class RunOptions:
     cache_dir: Path | None = None
     out_dir: Path = Path("runs")
     batch_size: int = 256
-    num_workers: int = 1
+    num_workers: int | None = None   # of the backbone pass (None: eebench.threads.data_workers where it runs)
     device: str = "auto"     # of the backbone pass: auto | cpu | cuda[:N] (eebench.devices)
     latency: dict[str, Any] | None = None   # a sweep's ``latency:``: time each run after it (eebench.latency)
 
@@ -118,7 +119,8 @@ def prepare_features(dataset: str, backbone: str, dataset_params: dict[str, Any]
                     "weights_source": source, "num_exits": adapter.num_blocks, "data_key": splits.key()}
             device = resolve_device(options.device)
             cache.build(key, {s: spec.pipeline.dataset(splits, s, model) for s in SPLITS}, adapter,
-                        {**meta, "device": describe_device(device)}, options.batch_size, options.num_workers,
+                        {**meta, "device": describe_device(device)}, options.batch_size,
+                        data_workers() if options.num_workers is None else options.num_workers,
                         spec.pipeline.collate_fn, device=device)
             adapter.to("cpu")
             features, meta = cache.load(key)
@@ -198,6 +200,15 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
     method = load_methods().get(config.method)
     prep = prepare_features(config.dataset, config.backbone, config.dataset_params, options, timer, config.weights,
                             config.recipe, config.backbone_params)
+    threads = {"backbone pass": torch.get_num_threads(), "fits": fit_threads()}
+    with torch_threads(threads["fits"]):
+        return _fit_and_record(config, options, method, prep, timer, t_start, threads)
+
+
+def _fit_and_record(config: RunConfig, options: RunOptions, method: Any, prep: Prepared, timer: Timer,
+                    t_start: float, threads: dict[str, int]) -> dict[str, Any]:
+    """:func:`run` after the backbone pass: the fit, its points on val, calib and test, the metrics,
+    and the record with its per-sample arrays (on the fits' threads)."""
     f, C = prep.features, prep.splits.spec.num_classes
     task, stage, split_info = exit_task(prep, config, options.cache_dir)
     val = task.val
@@ -238,6 +249,7 @@ def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
         "versions": versions(),
         "git_revision": git_revision(),
         "device": "cpu",
+        "torch_threads": threads,
         "timings": timer.seconds,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

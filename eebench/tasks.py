@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 import traceback
@@ -82,14 +81,13 @@ class FeatureStage:
 
 
 def _job_setup(threads: int | None) -> None:
-    """Logging to the job's log file, and torch's thread count: the CPUs SLURM gave the task
-    (``SLURM_CPUS_PER_TASK``), else ``threads`` (local launcher), else torch's default."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    n = int(os.environ.get("SLURM_CPUS_PER_TASK") or 0) or threads
-    if n:
-        import torch
+    """Logging to the job's log file, and torch's thread count: ``threads`` (the local launcher's
+    share of the CPUs), else ``--threads`` / ``$EEBENCH_THREADS`` of the submitting command, else the
+    CPUs the job may use (its affinity, cgroup quota and ``SLURM_CPUS_PER_TASK``: :mod:`eebench.threads`)."""
+    from eebench.threads import resolve_threads, set_threads
 
-        torch.set_num_threads(n)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    set_threads(threads or resolve_threads()[0])
 
 
 def _options_state(options: "RunOptions | dict[str, Any]") -> dict[str, Any]:
@@ -132,9 +130,6 @@ class FeatureTask(Checkpointable):
 
         log.info("features of %s %s", stage, stage.params())
         options = _run_options(self.options)
-        slurm_cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or 0)
-        if slurm_cpus > 2:   # decoding workers from the job's CPUs, one left to the main process
-            options.num_workers = max(options.num_workers, slurm_cpus - 1)
         clear_failure(options.out_dir, stage.key)
         try:
             prep = prepare_features(stage.dataset, stage.backbone, stage.params(), options, weights=stage.weights,

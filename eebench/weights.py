@@ -6,8 +6,10 @@ A backbone's weights for a dataset come from, in order:
 1. its published checkpoint, when the dataset is the one it was published for (``pretrained_on``):
    from the public URL through timm, or from ``--weights-dir`` / ``$EEBENCH_WEIGHTS_DIR`` holding
    the same file name, through the model's checkpoint filter;
-2. a checkpoint trained here by ``eebench backbone train`` for (backbone, dataset, splits, recipe);
-3. for backbones marked ``train_on_first_use`` (the digits ViT), training right away.
+2. weights that ship with eebench for (dataset, splits, recipe) (the digits ViT's default recipe:
+   :class:`~eebench.backbones.ShippedWeights`), checked against their sha256;
+3. a checkpoint trained here by ``eebench backbone train`` for (backbone, dataset, splits, recipe);
+4. for backbones marked ``train_on_first_use`` (the digits ViT, another recipe), training right away.
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
 from torch import nn
 
 from eebench import backbone_training
-from eebench.backbones import BACKBONES, create_model, default_weights
-from eebench.errors import UsageError
+from eebench.backbones import BACKBONES, BackboneSpec, ShippedWeights, create_model, default_weights
+from eebench.errors import CorruptFileError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ def load_backbone(name: str, splits: Any, weights_dir: Path | None, cache_dir: P
             or nothing trained yet and the backbone is not trained on first use); the message
             gives the command that trains them.
         DataUnavailableError: see :func:`create_model`.
+        CorruptFileError: shipped weights whose bytes do not match their sha256.
     """
     spec = BACKBONES.get(name)
     dataset = splits.spec.name
@@ -64,6 +68,10 @@ def load_backbone(name: str, splits: Any, weights_dir: Path | None, cache_dir: P
         raise UsageError(f"weights={weights!r}: must be auto, published or trained")
     default = backbone_training.recipe_of(spec.name, splits)
     recipe = backbone_training.recipe_of(spec.name, splits, recipe)
+    shipped = shipped_for(spec, splits, recipe)
+    if shipped is not None:
+        return load_shipped(spec, splits, recipe, shipped).eval(), \
+            f"shipped with eebench: {shipped.file}, sha256 {shipped.sha256[:16]} ({shipped.made_by})"
     ckpt = backbone_training.checkpoint_path(cache_dir, spec.name, splits, recipe)
     if not ckpt.exists():
         changed = " ".join(f"--set {k}={json.dumps(v)}" for k, v in sorted(recipe.items()) if default.get(k) != v)
@@ -82,3 +90,31 @@ def load_backbone(name: str, splits: Any, weights_dir: Path | None, cache_dir: P
     model = backbone_training.load_trained(spec.name, splits, cache_dir, recipe)
     note = "" if backbone_training.is_complete(ckpt.parent) else " (partial schedule: see its meta.json)"
     return model.eval(), f"trained here: {ckpt}{note}"
+
+
+def shipped_for(spec: BackboneSpec, splits: Any, recipe: dict[str, Any]) -> ShippedWeights | None:
+    """The weights that ship with eebench for ``spec`` on these splits with this recipe, if any."""
+    shipped = spec.shipped.get(splits.spec.name)
+    if shipped is None or shipped.split_key != splits.key() or \
+            shipped.recipe_key != backbone_training.recipe_key(recipe):
+        return None
+    return shipped
+
+
+def load_shipped(spec: BackboneSpec, splits: Any, recipe: dict[str, Any], shipped: ShippedWeights) -> nn.Module:
+    """The model of ``recipe`` with the shipped weights, after checking the file's sha256.
+
+    Raises:
+        CorruptFileError: the file is missing, or its bytes do not match the sha256 in the code.
+    """
+    from eebench.data import file_sha256
+
+    path = shipped.path
+    actual = file_sha256(path) if path.is_file() else "missing"
+    if actual != shipped.sha256:
+        raise CorruptFileError(f"shipped weights {path} {'are missing' if actual == 'missing' else 'do not match their sha256'} "
+                               f"(expected {shipped.sha256[:16]}, found {actual[:16]}): restore the file "
+                               f"(git checkout -- {path.name} in {path.parent}, or reinstall eebench)")
+    model = backbone_training.build_model(spec.name, splits.spec.num_classes, backbone_training.full_recipe(recipe))
+    model.load_state_dict(load_file(str(path)))
+    return model

@@ -90,14 +90,14 @@ def test_cifar100_lt_from_a_synthetic_mirror(tmp_path):
 
 @needs_shared
 def test_cifar10_lt_class_counts_on_real_cifar10(tmp_path):
-    """The real CIFAR-10 mirror here has 1,500 train images per class: n_i = ⌊1500·0.01^(i/9)⌋,
-    computed by hand: 1500, 899, 539, 323, 193, 116, 69, 41, 25, 15 (3,720 rows in all); the
-    balanced test split keeps its 1,000 per class; ``lt_test`` gives ⌊1000·0.01^(i/9)⌋."""
+    """The real CIFAR-10 mirror here has 5,000 train images per class: n_i = ⌊5000·0.01^(i/9)⌋,
+    computed by hand: 5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50 (12,406 rows, LDAM's count);
+    the long-tailed train split is kept whole (val and calib come from the balanced test split, which
+    keeps its 1,000 per class); ``lt_test`` gives ⌊1000·0.01^(i/9)⌋."""
     cache = tmp_path / "cache"
     splits = load_splits("cifar10-lt", None, data_dir=DATA_DIR, cache_dir=cache)
-    assert np.bincount(splits.source["train"]["label"]).tolist() == [1500, 899, 539, 323, 193, 116, 69, 41, 25, 15]
+    assert np.bincount(splits.source["train"]["label"]).tolist() == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     assert np.bincount(splits.source["test"]["label"]).tolist() == [1000] * 10
-    n = 3720
-    assert sum(len(splits.indices[s][1]) for s in ("train", "val", "calib")) == n
-    lt = load_splits("cifar10-lt", {"lt_test": True}, data_dir=DATA_DIR, cache_dir=cache)
+    assert len(splits.indices["train"][1]) == 12406 and splits.indices["val"][0] == "test"
+    assert [len(splits.indices[s][1]) for s in ("val", "calib", "test")] == [1500, 1000, 7500]
     assert np.bincount(lt.source["test"]["label"]).tolist() == [1000, 599, 359, 215, 129, 77, 46, 27, 16, 10]

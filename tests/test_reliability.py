@@ -122,14 +122,34 @@ def test_flipped_bytes_in_the_feature_cache_are_caught(cli, tmp_path, session_ca
 
 
 def test_flipped_bytes_in_a_trained_checkpoint_are_caught(cli, tmp_path, session_cache):
-    assert cli("run", "--method", "threshold", "--out", tmp_path / "a")[0] == 0
+    other = ["--set", "recipe.epochs=3"]     # not the shipped recipe: trained here on first use
+    assert cli("run", "--method", "threshold", *other, "--out", tmp_path / "a")[0] == 0
     record = read_record(tmp_path / "a")
     ckpt = Path(record["backbone"]["weights"]["source"].removeprefix("trained here: ").split(" (")[0])
     with _flipped(ckpt):   # the checkpoint is loaded (and checked) before the feature cache is read
-        status, _, err = cli("run", "--method", "eenet", "--out", tmp_path / "b")
+        status, _, err = cli("run", "--method", "eenet", *other, "--out", tmp_path / "b")
     line = _one_line(err)
     assert status == 1 and "does not match its content hash" in line and f"rm -r {ckpt.parent}" in line
     assert not (tmp_path / "b").exists()
+
+
+def test_shipped_weights_that_fail_their_sha256_stop_the_run(cli, tmp_path, monkeypatch):
+    """The digits ViT ships with the package; a changed file is named, status 1, never retrained."""
+    from eebench import backbones
+
+    shipped = backbones.BACKBONES.get("vit_digits").shipped["digits"]
+    copy = tmp_path / "weights"
+    copy.mkdir()
+    (copy / shipped.file).write_bytes(shipped.path.read_bytes())
+    monkeypatch.setattr(backbones, "SHIPPED_DIR", copy)
+    with _flipped(copy / shipped.file):
+        status, _, err = cli("run", "--method", "threshold", "--out", tmp_path / "out")
+    line = _one_line(err)
+    assert status == 1 and f"shipped weights {copy / shipped.file} do not match their sha256" in line
+    assert not (tmp_path / "out").exists()
+    (copy / shipped.file).unlink()
+    status, _, err = cli("run", "--method", "threshold", "--out", tmp_path / "out")
+    assert status == 1 and "are missing" in _one_line(err)
 
 
 def test_another_recipe_is_another_checkpoint_and_another_run(cli, tmp_path, session_cache):

@@ -22,6 +22,35 @@ from eebench.registry import Registry
 log = logging.getLogger(__name__)
 
 
+#: Where weights that ship with the package live.
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class ShippedWeights:
+    """Weights that ship with eebench for one (dataset, splits, recipe): what ``eebench backbone train``
+    gave on the machine that made the committed results, so that the offline default needs no training
+    and gives the same numbers on every CPU (training depends on the CPU's kernels).
+
+    Attributes:
+        file: the file name under :data:`SHIPPED_DIR` (safetensors, written by ``backbone train``).
+        sha256: sha256 of the file's bytes, hex (checked before every load).
+        split_key: :meth:`~eebench.data.DataSplits.key` of the splits they were trained on.
+        recipe_key: :func:`~eebench.backbone_training.recipe_key` of the recipe they were trained with.
+        made_by: the command that trains them again, for the run record.
+    """
+
+    file: str
+    sha256: str
+    split_key: str
+    recipe_key: str
+    made_by: str
+
+    @property
+    def path(self) -> Path:
+        return SHIPPED_DIR / self.file
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """A registered backbone.
@@ -42,6 +71,8 @@ class BackboneSpec:
             ``exits``, and its recipe is read from the data.
         recipe_for: ``(ImageInfo, hflip_invariant) -> recipe`` overrides read from the data (image
             size and channels), between ``recipe`` and ``dataset_recipes``.
+        shipped: per dataset, the trained weights that ship with eebench (:class:`ShippedWeights`),
+            used in place of training for the splits and recipe they were made with.
     """
 
     name: str
@@ -56,6 +87,7 @@ class BackboneSpec:
     model_name: str | None = None
     generic: bool = False
     recipe_for: Callable[[Any, bool | None], dict[str, Any]] | None = None
+    shipped: dict[str, ShippedWeights] = field(default_factory=dict)
 
     @property
     def timm_name(self) -> str:
@@ -76,6 +108,8 @@ def weights_sources(spec: BackboneSpec) -> str:
     out = []
     if spec.pretrained_on:
         out.append(f"published {spec.pretrained_on} checkpoint {spec.weights_file}")
+    for dataset, shipped in spec.shipped.items():
+        out.append(f"shipped for {dataset} ({shipped.file})")
     out.append("trained here on first use" if spec.train_on_first_use else "trained here by `eebench backbone train`")
     return "; ".join(out)
 

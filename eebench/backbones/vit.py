@@ -1,8 +1,11 @@
 """ViT backbones: the exit adapter for timm's ``VisionTransformer`` and the small ``vit_digits``.
 
 ``vit_digits`` is the offline default backbone: a 6-block ViT over the 8×8 scikit-learn digits
-(patch 2, 16 patches + class token, width 64, 4 heads). It has no published weights; the harness
-trains it on the digits train split on first use (seconds on a CPU) and caches it. Its exits are
+(patch 2, 16 patches + class token, width 64, 4 heads). Its weights for the default recipe and
+splits ship with the package (``weights/vit_digits-digits.safetensors``, 0.8 MB, checked against the
+sha256 below): training depends on the CPU's kernels, and the committed digits results must
+reproduce on every CPU (``docs/decisions.md`` R2). ``eebench backbone train --backbone vit_digits
+--dataset digits`` trains them again; another recipe or split trains on first use (about 2 min). Its exits are
 those of the generic timm adapter (:class:`~eebench.backbones.timm_generic.TimmExits`: one per
 block, a Linear IM on the normed class token), which gives the same IM inputs, logits and costs
 as :class:`ViTExits`, bit for bit; ``ViTExits`` stays the base of the T2T-ViT adapter.
@@ -14,7 +17,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from eebench.backbones import BackboneSpec, register_backbone
+from eebench.backbones import BackboneSpec, ShippedWeights, register_backbone
 from eebench.backbones.base import ExitAdapter
 from eebench.backbones.timm_generic import TimmExits
 
@@ -72,6 +75,11 @@ def vit_digits(pretrained: bool = False, **kwargs) -> VisionTransformer:
 
 register_backbone(BackboneSpec(
     name="vit_digits", adapter=TimmExits, train_on_first_use=True, description="ViT depth 6, width 64 on 8x8 digits",
+    shipped={"digits": ShippedWeights(
+        file="vit_digits-digits.safetensors",
+        sha256="4d0b5201e33e727d36bec96077921c003d50585a0ca76f698892daa952177ed2",
+        split_key="c608eb3796e2d7d8", recipe_key="518831e46b",
+        made_by="eebench backbone train --backbone vit_digits --dataset digits, AMD EPYC Zen 4, torch 2.14.1")},
     # one thread: the weights are the same on every machine of this CPU kind (docs/decisions.md, R1)
     recipe={"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "epochs": 100, "batch_size": 64,
             "augment": "none", "num_workers": 0, "num_threads": 1}))

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eebench import bootstrap, table
-from eebench.report import ReportOptions, _replicates, _Samples, choices, variant_names
+from eebench.report import bootstrap, table
+from eebench.report.leaderboard import ReportOptions, _replicates, _Samples, choices, variant_names
 
 ORDER = ("jei", "l2w", "boosted", "threshold")
 

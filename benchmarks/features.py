@@ -21,7 +21,7 @@ import time
 import torch
 
 from eebench.backbones import BACKBONES, create_model
-from eebench.config import parse_set
+from eebench.harness.config import parse_set
 
 
 def main() -> None:

@@ -36,11 +36,11 @@ EXITS, DIM, CLASSES, VAL = 13, 384, 1000, 5000
 
 
 def one(n: int, method: str, im_epochs: int, sets: list[str], in_memory: bool) -> dict:
-    from eebench.config import resolve
-    from eebench.costs import CostProfile
-    from eebench.features import SHARD_ROWS, FeatureCache, SplitFeatures, _save, shard_name
-    from eebench.im_stage import IMStage, im_schedule
-    from eebench.method import ExitTask, load_methods
+    from eebench.harness.config import resolve
+    from eebench.harness.costs import CostProfile
+    from eebench.harness.features import SHARD_ROWS, FeatureCache, SplitFeatures, _save, shard_name
+    from eebench.harness.im_stage import IMStage, im_schedule
+    from eebench.harness.method import ExitTask, load_methods
 
     g = torch.Generator().manual_seed(0)
 

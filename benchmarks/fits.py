@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from eebench.config import resolve
-from eebench.data import SPLITS
-from eebench.features import extract
-from eebench.im_stage import IMStage, im_schedule
-from eebench.method import ExitTask, load_methods
-from eebench.runner import RunOptions, Timer, carve_policy, prepare_features
+from eebench.harness.config import resolve
+from eebench.data.spec import SPLITS
+from eebench.harness.features import extract
+from eebench.harness.im_stage import IMStage, im_schedule
+from eebench.harness.method import ExitTask, load_methods
+from eebench.harness.runner import RunOptions, Timer, carve_policy, prepare_features
 from eebench.backbones import BACKBONES
 
 ALL = ("threshold", "boosted", "l2w", "eenet", "diffbranch", "jei")

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from eebench import paths
-from eebench.config import resolve
-from eebench.im_stage import IMStage, im_schedule
-from eebench.method import ExitTask, load_methods
-from eebench.runner import RunOptions, carve_policy, prepare_features
-from eebench.selection import select
+from eebench.harness.config import resolve
+from eebench.harness.im_stage import IMStage, im_schedule
+from eebench.harness.method import ExitTask, load_methods
+from eebench.harness.runner import RunOptions, carve_policy, prepare_features
+from eebench.report.selection import select
 
 BUDGETS = (0.25, 0.5, 0.75)
 

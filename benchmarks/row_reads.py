@@ -1,5 +1,5 @@
 """Resident memory and time of random row gathers from one feature shard: through safetensors'
-memory map against :class:`eebench.features.ShardedRows` (``preadv``), run on demand; the numbers
+memory map against :class:`eebench.harness.features.ShardedRows` (``preadv``), run on demand; the numbers
 behind ``docs/decisions.md`` H1::
 
     python benchmarks/row_reads.py [--dir DIR] [--rows 100000]
@@ -36,7 +36,7 @@ def rss_mib() -> dict[str, int]:
 def one(path: Path, way: str) -> dict:
     from safetensors import safe_open
 
-    from eebench.features import ShardedRows
+    from eebench.harness.features import ShardedRows
     from eebench.integrity import verify_file
 
     if way == "mmap":

@@ -1,7 +1,7 @@
 """Constraints on parameter values, declared beside the defaults by the plugin that owns them.
 
 A plugin declares ``parameters`` (name → default; the default's type is the parameter's type) and,
-beside it, ``constraints`` (name → a :class:`Constraint`). :func:`eebench.config.check_params`
+beside it, ``constraints`` (name → a :class:`Constraint`). :func:`eebench.harness.config.check_params`
 checks every given value against both before any data, weights or features are touched, and the
 contract tests check that every default satisfies its own constraint.
 """

@@ -58,7 +58,7 @@ def record_path(out_dir: Path, run_id: str) -> Path:
     return Path(out_dir) / run_id / "record.json"
 
 
-#: ``eebench latency``'s file beside a record (:mod:`eebench.latency`).
+#: ``eebench latency``'s file beside a record (:mod:`eebench.deploy.latency`).
 LATENCY_FILE = "latency.json"
 
 

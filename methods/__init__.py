@@ -1,1 +1,1 @@
-"""Method plugins: one file per method, each registering an :class:`eebench.method.ExitMethod`."""
+"""Method plugins: one file per method, each registering an :class:`eebench.harness.method.ExitMethod`."""

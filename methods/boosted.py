@@ -16,11 +16,11 @@ E_K = z_K + γ·E_{K−1} (``final_exit: ensemble``, the default); ``final_exit:
 with z_K alone, an ablation for a final head that was not trained as a booster. The original's
 gradient rescaling only matters when the backbone trains; the backbone is frozen here, so it is
 omitted. The IMs train from scratch with this loss for the shared IM stage's number of epochs and
-recipe (:attr:`eebench.method.ExitTask.im_schedule`) at the official batch of 64, the stage's learning
+recipe (:attr:`eebench.harness.method.ExitTask.im_schedule`) at the official batch of 64, the stage's learning
 rate scaled linearly to it, kept at the epoch of the lowest summed val error of their ensembles
 (``docs/decisions.md`` M7).
 Exits are chosen by the MSDNet threshold search on softmax(E_k) on the policy split, one
-operating point per budget level q (:class:`eebench.exit_policy.ThresholdPolicy`); the gates cost
+operating point per budget level q (:class:`eebench.harness.exit_policy.ThresholdPolicy`); the gates cost
 nothing.
 """
 from __future__ import annotations
@@ -32,12 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eebench.errors import ConfigError
-from eebench.exit_policy import Q_GRID, ExitSteps, ThresholdPolicy
-from eebench.features import SplitFeatures
-from eebench.method import ExitMethod, ExitTask, register_method, unpack
-from eebench.params import NON_NEGATIVE, POSITIVE, Each, OneOf, Range
-from eebench.training import SGDSchedule, all_exit_logits, eval_mode, train_ims
+from eebench.method import (NON_NEGATIVE, POSITIVE, Q_GRID, ConfigError, Each, ExitMethod, ExitSteps, ExitTask, OneOf,
+                            Range, SGDSchedule, SplitFeatures, ThresholdPolicy, all_exit_logits, eval_mode,
+                            register_method, train_ims, unpack)
 
 FINAL_EXITS = ("ensemble", "backbone")
 
@@ -96,7 +93,7 @@ def train_boosted_ims(ims: nn.ModuleList, train: SplitFeatures, val: SplitFeatur
                       ) -> dict[str, Any]:
     """Train the IMs with Σ_k CE(z_k + sg(γ·E_{k−1}), y), all heads in one SGD step per mini-batch,
     kept at the epoch of the lowest summed error of the exits' ensembles E_1..E_{K−1} on ``val``
-    (:func:`eebench.training.train_ims`).
+    (:func:`eebench.harness.training.train_ims`).
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite.

@@ -19,9 +19,9 @@ and the soft cost C̄ is the same mixture of the normalised exit costs c_b. The 
 
 Training: the JEI-DNN authors found this method unstable and gave it their warm-up (Regol et al.,
 ICLR 2024, rebuttal); here the IMs start, as JEI-DNN's do, from the shared IM stage
-(:mod:`eebench.im_stage`), and the gate units start at "continue" (weights 0, λ_b = ``gate_init``
+(:mod:`eebench.harness.im_stage`), and the gate units start at "continue" (weights 0, λ_b = ``gate_init``
 for every input). Then IMs and gates train jointly, one model per β, all β side by side
-(:class:`eebench.training.StackedIMs`; SGD is elementwise, so this equals one run per β on the same
+(:class:`eebench.harness.training.StackedIMs`; SGD is elementwise, so this equals one run per β on the same
 mini-batches): the IMs on ``train``, the gate units on the policy split (when that is ``train``,
 one joint loss as in the paper). The default β grid has ``num_betas`` values: half log-spaced over
 the prices at which the samples' exits move (:func:`beta_grid`, from val), trained first; the
@@ -38,13 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from eebench.costs import module_muladds
-from eebench.features import SplitFeatures
-from eebench.method import (ExitMethod, ExitRule, ExitTask, FittedMethod, OperatingPoint, pack, register_method,
-                            unpack)
-from eebench.params import NON_NEGATIVE, OPEN_UNIT, POSITIVE, Each, Range
-from eebench.training import (SGD_CONSTRAINTS, SGDSchedule, StackedIMs, check_finite, cycle_minibatches, eval_mode, im_logits,
-                              minibatches, per_exit_ce)
+from eebench.method import (NON_NEGATIVE, OPEN_UNIT, POSITIVE, SGD_CONSTRAINTS, Each, ExitMethod, ExitRule, ExitTask,
+                            FittedMethod, OperatingPoint, Range, SGDSchedule, SplitFeatures, StackedIMs, check_finite,
+                            cycle_minibatches, eval_mode, im_logits, minibatches, module_muladds, pack, per_exit_ce,
+                            register_method, unpack)
 
 #: Quantile levels of the break-even prices the default β grid spans.
 BETA_LEVELS = (0.1, 0.9)

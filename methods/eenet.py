@@ -5,7 +5,7 @@ as "Adaptive Deep Neural Network Inference Optimization with EENet"); equations 
 ``../shared/papers/003_581877c910efdcfa.txt``.
 
 A post-hoc scheduler on a trained multi-exit model: the IMs are the shared IM stage's (Σ_k ℓ_k,
-:mod:`eebench.im_stage`). Then, for every budget B (a target mean ``cost``) of ``budgets`` (by
+:mod:`eebench.harness.im_stage`). Then, for every budget B (a target mean ``cost``) of ``budgets`` (by
 default ``num_budgets`` evenly spaced from the first exit's cost to 1):
 
 - confidence features of exit k, from p_k = softmax(z_k): a_k = (max_c p_{k,c},
@@ -22,7 +22,7 @@ default ``num_budgets`` evenly spaced from the first exit's cost to 1):
   w_{n,k} = (1 − Σ_{k'<k} r̂_{n,k'}) / Σ_{n'} (1 − Σ_{k'<k} r̂_{n',k'}) taken without gradient
   (as the released code detaches its weights); total L_g + α_ce·L_CE + α_cost·L_budget (Adam);
 - thresholds on the policy split: n_k = ⌊mean_n r̂_{n,k}·N⌋; in exit order, T_k is the n_k-th highest q̂_k
-  among samples not yet exited, and those exit (:func:`eebench.exit_policy.thresholds_from_counts`).
+  among samples not yet exited, and those exit (:func:`eebench.harness.exit_policy.thresholds_from_counts`).
   Test rule: exit at the first k with q̂_k ≥ T_k; a sample that passes no threshold exits at K.
   Thresholds are taken on the logit g_k of q̂_k, which orders samples identically, so that a
   sigmoid saturated at 1.0 in float32 cannot create ties.
@@ -45,14 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eebench.costs import module_muladds
-from eebench.errors import ConfigError
-from eebench.exit_policy import apply_thresholds, thresholds_from_counts
-from eebench.features import SplitFeatures
-from eebench.method import (ExitMethod, ExitRule, ExitTask, FittedMethod, OperatingPoint, pack, register_method,
-                            unpack)
-from eebench.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Each
-from eebench.training import check_finite, exit_probs, minibatches
+from eebench.method import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, ConfigError, Each, ExitMethod, ExitRule, ExitTask,
+                            FittedMethod, OperatingPoint, SplitFeatures, apply_thresholds, check_finite, exit_probs,
+                            minibatches, module_muladds, pack, register_method, thresholds_from_counts, unpack)
 
 ALPHA_CE = [0.1, 1.0]
 ALPHA_COST = [1.0, 10.0]

@@ -5,7 +5,7 @@ ICLR 2024 (``../shared/papers/``). Gate l < K is ``nn.Linear(4, 1)`` on four sta
 softmax, taken without gradient to the IM; g_l = sigmoid(gate). The exit distribution is the
 constrained sum P(G=l|x) = max(0, min(g_l, 1 − Σ_{j<l} g_j)), P(G=K|x) = 1 − Σ_{l<K} P(G=l|x).
 
-Training: the IMs start from the shared IM stage (:mod:`eebench.im_stage`: Σ_l ℓ_l until val
+Training: the IMs start from the shared IM stage (:mod:`eebench.harness.im_stage`: Σ_l ℓ_l until val
 stalls, in place of the paper's warm-up with weights K+1−l), then, per λ, alternating phases of
 ``alternate_every`` mini-batches, gate phase first (the bi-level problem of the paper, §4):
 
@@ -36,13 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eebench.costs import module_muladds
-from eebench.features import SplitFeatures
-from eebench.method import (ExitMethod, ExitRule, ExitTask, FittedMethod, OperatingPoint, pack, register_method,
-                            unpack)
-from eebench.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Each, OneOf
-from eebench.training import (SGD_CONSTRAINTS, SGD_DEFAULTS, SGDSchedule, StackedIMs, check_finite, cycle_minibatches,
-                              eval_mode, im_logits, minibatches, per_exit_ce)
+from eebench.method import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SGD_CONSTRAINTS, SGD_DEFAULTS, Each, ExitMethod,
+                            ExitRule, ExitTask, FittedMethod, OneOf, OperatingPoint, SGDSchedule, SplitFeatures,
+                            StackedIMs, check_finite, cycle_minibatches, eval_mode, im_logits, minibatches,
+                            module_muladds, pack, per_exit_ce, register_method, unpack)
 
 #: methods.md's grid (0.01 … 5) extended at both ends, so that every setting has points near cost 1 and
 #: near its first exit's cost (docs/decisions.md).

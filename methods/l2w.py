@@ -15,7 +15,7 @@ mini-batches, the batch is split into halves A and B and the WPN is meta-trained
    momentum buffer being constants with respect to the WPN);
 2. on B, through the updated IMs, simulated budgeted exiting with target shares π_k ∝ q^k: in
    exit order the ⌊n·π_k⌋ most confident not-yet-assigned samples exit, the last exit takes the
-   rest (the MSDNet threshold search of :mod:`eebench.exit_policy` applied to B itself); the meta
+   rest (the MSDNet threshold search of :mod:`eebench.harness.exit_policy` applied to B itself); the meta
    loss is Σ_k of the mean CE over the samples assigned to exit k;
 3. an Adam step of the WPN (lr 1e-4, weight decay 1e-4, cosine-annealed to 0 as in the original);
 
@@ -31,12 +31,12 @@ takes the samples not assigned earlier; its CE is a constant, so the WPN learns 
 IMs' terms and through which samples the updated IMs keep.
 
 The IMs train from scratch for the shared IM stage's number of epochs
-(:attr:`eebench.method.ExitTask.im_schedule`) and with its learning rate, at the official CIFAR
+(:attr:`eebench.harness.method.ExitTask.im_schedule`) and with its learning rate, at the official CIFAR
 recipe's batch of 1024 (``docs/decisions.md``: the measurement behind both), and are kept at the
 epoch of the lowest summed IM error on val.
 
 Test: the MSDNet threshold search on the max softmax on the policy split
-(:class:`eebench.exit_policy.ThresholdPolicy`), one operating point per budget level q of
+(:class:`eebench.harness.exit_policy.ThresholdPolicy`), one operating point per budget level q of
 ``q_grid``; the gates cost nothing.
 """
 from __future__ import annotations
@@ -50,11 +50,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from eebench.exit_policy import Q_GRID, ThresholdPolicy, apply_thresholds, ims_policy, msdnet_thresholds
-from eebench.features import SplitFeatures
-from eebench.method import ExitMethod, ExitTask, register_method, unpack
-from eebench.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Each, Range
-from eebench.training import BestState, IMStack, check_finite, im_val_error, minibatches, per_exit_ce
+from eebench.method import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Q_GRID, BestState, Each, ExitMethod, ExitTask,
+                            IMStack, Range, SplitFeatures, ThresholdPolicy, apply_thresholds, check_finite,
+                            im_val_error, ims_policy, minibatches, msdnet_thresholds, per_exit_ce, register_method,
+                            unpack)
 
 
 class WeightPredictionNet(nn.Module):

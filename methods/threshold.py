@@ -1,6 +1,6 @@
 """Confidence-threshold baseline: MSDNet's budgeted batch classification (``methods.md`` §1).
 
-The IMs are the shared IM stage's (Σ_k ℓ_k, :mod:`eebench.im_stage`); for each budget level q the
+The IMs are the shared IM stage's (Σ_k ℓ_k, :mod:`eebench.harness.im_stage`); for each budget level q the
 thresholds come from the MSDNet search on the policy split; a sample exits at the first exit
 whose max softmax reaches its threshold. Huang et al., "Multi-Scale Dense Networks for Resource
 Efficient Image Classification", ICLR 2018.
@@ -12,9 +12,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from eebench.exit_policy import Q_GRID, ThresholdPolicy, ims_policy
-from eebench.method import ExitMethod, ExitTask, register_method, unpack
-from eebench.params import POSITIVE, Each
+from eebench.method import (POSITIVE, Q_GRID, Each, ExitMethod, ExitTask, ThresholdPolicy, ims_policy,
+                            register_method, unpack)
 
 
 @register_method

@@ -44,9 +44,9 @@ def sweep(grid: Path, out: Path, *args: str) -> float:
 
 def warm(grid: Path) -> None:
     """Build (or find) the grid's feature caches in this process, as its feature jobs would."""
-    from eebench.runner import RunOptions
-    from eebench.grids import expand, load_grid
-    from eebench.tasks import FeatureStage, FeatureTask
+    from eebench.harness.runner import RunOptions
+    from eebench.sweep.grids import expand, load_grid
+    from eebench.sweep.tasks import FeatureStage, FeatureTask
 
     for stage in {FeatureStage.of(c) for c in expand(load_grid(grid))}:
         FeatureTask(RunOptions())(stage)

@@ -43,7 +43,7 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture):
     """Run ``eebench ARGS`` in-process; returns ``(status, stdout, stderr)``."""
-    from eebench.cli import main
+    from eebench.cli.main import main
 
     def _run(*args: str) -> tuple[int, str, str]:
         status = main([str(a) for a in args])
@@ -63,14 +63,14 @@ def check_replay(out_dir: Path, options: Any = None, runtime_samples: int | None
                  ) -> None:
     """The run in ``out_dir``, replayed from its saved exits without refitting, answers every test
     sample of every operating point as the run did (same exit, same class); so does the runtime
-    (:mod:`eebench.runtime`, through ``eebench latency`` on the first ``runtime_samples`` test
+    (:mod:`eebench.deploy.runtime`, through ``eebench latency`` on the first ``runtime_samples`` test
     samples in batches of ``batch_size``, exited samples dropped from the batch), whose
     ``latency.json`` has every field. Each point's rule on the cached IM inputs decides as the record
     on every sample; the backbone's own IM inputs may round otherwise at batch 1 than at the feature
     pass's 256 (docs/decisions.md H4), so there the runtime must agree on 99 % of the samples."""
-    from eebench.latency import LatencyOptions, measure
-    from eebench.replay import replay
-    from eebench.runner import RunOptions
+    from eebench.deploy.latency import LatencyOptions, measure
+    from eebench.deploy.replay import replay
+    from eebench.harness.runner import RunOptions
 
     run_dir = next(Path(out_dir).glob("*/record.json")).parent
     replayed = replay(run_dir, options or RunOptions())

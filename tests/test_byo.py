@@ -17,8 +17,8 @@ from PIL import Image
 
 from conftest import DATA_DIR, needs_shared, read_record
 from eebench.backbones.timm_generic import TimmExits, default_recipe_for
-from eebench.costs import count_muladds, profile_exits
-from eebench.data import ImageInfo, image_info, load_splits
+from eebench.harness.costs import count_muladds, profile_exits
+from eebench.data.splits import ImageInfo, image_info, load_splits
 
 #: (timm model, model keywords) of four families: ResNet, MobileNet, ConvNeXt, ViT (DeiT)
 CONTRACT_MODELS = [

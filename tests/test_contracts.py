@@ -21,11 +21,12 @@ import torch
 
 from conftest import DATA_DIR, HUB_FEATURES, synthetic_split
 from eebench.backbones import BACKBONES, create_model
-from eebench.config import resolve
-from eebench.costs import count_muladds, profile_exits
-from eebench.data import DATASETS, SPLITS, load_splits
-from eebench.method import load_methods
-from eebench.runner import RunOptions, exit_task, features_key, prepare_features
+from eebench.harness.config import resolve
+from eebench.harness.costs import count_muladds, profile_exits
+from eebench.data.spec import DATASETS, SPLITS
+from eebench.data.splits import load_splits
+from eebench.harness.method import load_methods
+from eebench.harness.runner import RunOptions, exit_task, features_key, prepare_features
 
 METHODS = load_methods().names()
 BACKBONE_NAMES = BACKBONES.names()
@@ -44,7 +45,7 @@ def digits_features():
 
 
 def _fit_and_predict(name: str, prepared, config) -> tuple[list[int], dict[str, list], dict[str, int]]:
-    """Gate Mul-Adds, operating points per split, and split sizes, as :func:`eebench.runner.run` gets them."""
+    """Gate Mul-Adds, operating points per split, and split sizes, as :func:`eebench.harness.runner.run` gets them."""
     method = load_methods().get(name)
     params = {**method.parameters, **method.test_parameters}
     task, _, _ = exit_task(prepared, config)
@@ -163,12 +164,14 @@ def test_dataset_contract(name, tiny_mirrors, tmp_path):
 
 
 def _backbone_dataset(name: str) -> str:
-    """The dataset a backbone is tested on: one it is the default backbone of, else the one its
-    published weights were trained on."""
+    """The dataset a backbone is tested on: one it is the default backbone of, else one it has a
+    recipe for, else the one its published weights were trained on."""
     spec = BACKBONES.get(name)
     for ds in DATASET_NAMES:
         if DATASETS.get(ds).default_backbone == name:
             return ds
+    if spec.dataset_recipes:
+        return next(iter(spec.dataset_recipes))
     assert spec.pretrained_on, f"backbone {name}: no dataset names it as default and it has no pretrained_on"
     return spec.pretrained_on
 

@@ -6,7 +6,7 @@ from timm.layers import Attention
 from torch import nn
 
 from eebench.backbones.cifar_resnet import CifarResNetExits, exit_positions
-from eebench.costs import CostProfile, module_muladds, profile_exits
+from eebench.harness.costs import CostProfile, module_muladds, profile_exits
 
 
 def test_linear_over_tokens():

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from conftest import DATA_DIR, HUB_FEATURES, needs_shared, row_of, tagged_image, write_mirror
-from eebench.data import DATASETS, load_splits
+from eebench.data.spec import DATASETS
+from eebench.data.splits import load_splits
 from eebench.errors import DataUnavailableError
 
 
@@ -100,4 +101,5 @@ def test_cifar10_lt_class_counts_on_real_cifar10(tmp_path):
     assert np.bincount(splits.source["test"]["label"]).tolist() == [1000] * 10
     assert len(splits.indices["train"][1]) == 12406 and splits.indices["val"][0] == "test"
     assert [len(splits.indices[s][1]) for s in ("val", "calib", "test")] == [1500, 1000, 7500]
+    lt = load_splits("cifar10-lt", {"lt_test": True}, data_dir=DATA_DIR, cache_dir=cache)
     assert np.bincount(lt.source["test"]["label"]).tolist() == [1000, 599, 359, 215, 129, 77, 46, 27, 16, 10]

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import check_replay, read_record
-from eebench.devices import describe_device, resolve_device
+from eebench.harness.devices import describe_device, resolve_device
 from eebench.errors import UsageError
-from eebench.launchers import load_profile
-from eebench.runner import RunOptions
+from eebench.sweep.launchers import load_profile
+from eebench.harness.runner import RunOptions
 
 
 def test_device_values() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eebench.errors import ConfigError
-from eebench.exit_policy import apply_thresholds
+from eebench.harness.exit_policy import apply_thresholds
 from methods.eenet import (EENetScheduler, auto_budgets, confidence_features, eenet_losses, eenet_targets, eenet_thresholds,
                            feasible_budgets)
 

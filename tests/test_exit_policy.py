@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from eebench.exit_policy import (Q_GRID, apply_thresholds, budget_shares, msdnet_thresholds,
-                                 thresholds_from_counts)
+from eebench.harness.exit_policy import (Q_GRID, apply_thresholds, budget_shares, msdnet_thresholds, thresholds_from_counts)
 
 SCORES = np.array([  # [N=6, K=3]; column 3 is never used
     [0.90, 0.10, 0.0],

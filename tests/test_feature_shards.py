@@ -10,12 +10,13 @@ from torch.utils.data import Dataset
 
 from eebench import paths
 from eebench.backbones import BACKBONES
-from eebench.config import resolve
-from eebench.data import SPLITS, load_splits
+from eebench.harness.config import resolve
+from eebench.data.spec import SPLITS
+from eebench.data.splits import load_splits
 from eebench.errors import CorruptCacheError
-from eebench.features import FeatureCache
+from eebench.harness.features import FeatureCache
 from eebench.integrity import load_verified
-from eebench.weights import load_backbone
+from eebench.backbones.weights import load_backbone
 
 
 class Interrupting(Dataset):
@@ -109,7 +110,7 @@ def test_a_run_on_features_read_from_disk_gives_the_same_record(cli, tmp_path: P
     from conftest import read_record
     from test_devices import without_timings
 
-    from eebench import features
+    from eebench.harness import features
 
     flags = ["run", "--method", "jei", "--dataset", "digits"]
     assert cli(*flags, "--out", tmp_path / "memory")[0] == 0

@@ -8,10 +8,10 @@ import torch
 
 from eebench import paths
 from eebench.backbones import BACKBONES
-from eebench.config import resolve
-from eebench.data import load_splits
-from eebench.features import extract_to, _load
-from eebench.weights import load_backbone
+from eebench.harness.config import resolve
+from eebench.data.splits import load_splits
+from eebench.harness.features import extract_to, _load
+from eebench.backbones.weights import load_backbone
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device on this machine")]

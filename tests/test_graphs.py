@@ -11,7 +11,7 @@ import torch
 from skimage.measure import regionprops
 
 from conftest import DATA_DIR
-from eebench import graphs
+from eebench.data import graphs
 
 MNIST = DATA_DIR / "mnist"
 needs_mnist = pytest.mark.skipif(not (MNIST / "test.parquet").exists(), reason="../shared/data/mnist is not present")
@@ -125,10 +125,10 @@ def tiny_mirror(tmp_path_factory, mnist_test):
 
 @needs_mnist
 def test_derived_dataset_built_once_and_cached(tiny_mirror, mnist_test, derived_cache, caplog):
-    from eebench.data import load_splits
+    from eebench.data.splits import load_splits
 
     params = {"val_fraction": 0.2, "calib_fraction": 0.2}
-    with caplog.at_level(logging.INFO, logger="eebench.derived"):
+    with caplog.at_level(logging.INFO, logger="eebench.data.derived"):
         splits = load_splits("mnist-superpixels", params, tiny_mirror, derived_cache)
     assert "building" in caplog.text
     assert {s: len(i) for s, (_, i) in splits.indices.items()} == {"train": 36, "val": 12, "calib": 12, "test": 30}
@@ -138,7 +138,7 @@ def test_derived_dataset_built_once_and_cached(tiny_mirror, mnist_test, derived_
     row = test.with_format("numpy")[0]
     assert row["node_feat"].shape == (row["num_nodes"], 3) and row["edge_index"].shape == (2, 8 * row["num_nodes"])
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="eebench.derived"):
+    with caplog.at_level(logging.INFO, logger="eebench.data.derived"):
         again = load_splits("mnist-superpixels", params, tiny_mirror, derived_cache)
     assert "building" not in caplog.text and again.key() == splits.key()
     assert len(list((derived_cache / "derived").glob("mnist-superpixels-*"))) == 1
@@ -147,7 +147,7 @@ def test_derived_dataset_built_once_and_cached(tiny_mirror, mnist_test, derived_
 @needs_mnist
 def test_pipeline_batches_on_real_graphs(tiny_mirror, derived_cache):
     from eebench.backbones import BACKBONES, create_model
-    from eebench.data import load_splits
+    from eebench.data.splits import load_splits
 
     splits = load_splits("mnist-superpixels", None, tiny_mirror, derived_cache)
     spec = BACKBONES.get("grit")

@@ -8,8 +8,8 @@ from torch import nn
 
 from eebench.backbones import create_model
 from eebench.backbones.grit import GritExits, PairLinear
-from eebench.costs import module_muladds, profile_exits
-from eebench.graphs import GraphBatch, collate_graphs, rrwp
+from eebench.harness.costs import module_muladds, profile_exits
+from eebench.data.graphs import GraphBatch, collate_graphs, rrwp
 
 
 def knn_graph(n: int, seed: int, k: int = 8, steps: int = 8):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import check_replay, read_record
-from eebench.method import load_methods
+from eebench.harness.method import load_methods
 from methods.eenet import auto_budgets
 
 

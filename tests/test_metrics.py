@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from eebench.method import OperatingPoint
-from eebench.metrics import ALPHAS, conformal_exit_quantiles, conformal_quantile, conformal_sets, ece, evaluate
+from eebench.harness.method import OperatingPoint
+from eebench.harness.metrics import (ALPHAS, conformal_exit_quantiles, conformal_quantile, conformal_sets, ece, evaluate)
 
 
 def test_ece_by_hand():

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eebench import bootstrap
+from eebench.report import bootstrap
 from eebench.errors import UsageError
-from eebench.metrics import ece
-from eebench.report import ReportOptions, leaderboard
-from eebench.selection import cheapest_within, select, selection_intervals
-from eebench.table import CONFIDENCE_LEVELS, SCORE_LEVELS, dequantise_confidence, quantise_confidence
+from eebench.harness.metrics import ece
+from eebench.report.leaderboard import ReportOptions, leaderboard
+from eebench.report.selection import cheapest_within, select, selection_intervals
+from eebench.report.table import CONFIDENCE_LEVELS, SCORE_LEVELS, dequantise_confidence, quantise_confidence
 
 
 def test_val_selection_takes_the_best_val_accuracy_within_the_budget():

@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
-from eebench import bootstrap, report, table
-from eebench.config import resolve
-from eebench.method import OperatingPoint, load_methods
-from eebench.metrics import evaluate
-from eebench.runner import RunOptions, run
-from eebench.selection import select
+from eebench.report import bootstrap, leaderboard, table
+from eebench.harness.config import resolve
+from eebench.harness.method import OperatingPoint, load_methods
+from eebench.harness.metrics import evaluate
+from eebench.harness.runner import RunOptions, run
+from eebench.report.selection import select
 
 SWEEP = [("threshold", 0, {}), ("threshold", 1, {}), ("jei", 0, {}), ("threshold", 0, {"q_grid": [0.5, 1.0, 1.5]})]
 FULL_GRID = "threshold[q_grid=[0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3, 1.35, 1.4, 1.45, 1.5, 1.55, 1.6, 1.65, 1.7, 1.75, 1.8, 1.85, 1.9, 1.95]]"
@@ -118,7 +118,7 @@ def test_leaderboard_against_records_by_hand(sweep: Path, tmp_path: Path, cli):
     assert row["p_method_im_loss"] == rec["config"]["method_params"]["im_loss"]
     assert row["git_revision"] == (rec["git_revision"] or "unknown")
     assert row["version_torch"] == rec["versions"]["torch"] and row["device"] == rec["device"]
-    assert row["weights_sha256"] == rec["backbone"]["weights"]["sha256"] and row["weights_source"] == "trained here"
+    assert row["weights_sha256"] == rec["backbone"]["weights"]["sha256"] and row["weights_source"] == rec["backbone"]["weights"]["source"]
     assert (tmp_path / table.TABLE_NAME).stat().st_size < 200 * 1024
 
 
@@ -159,7 +159,7 @@ def test_plot_draws_every_figure(sweep: Path, tmp_path: Path, cli):
     assert status == 0, err
     from PIL import Image
 
-    from eebench import plots
+    from eebench.report import plots
 
     df = table.read_table(tmp_path / "results" / table.TABLE_NAME)
     variants = plots.variant_names(df)
@@ -177,10 +177,10 @@ def test_plot_draws_every_figure(sweep: Path, tmp_path: Path, cli):
 
 def test_plotted_curves_are_the_val_selected_test_accuracy(sweep: Path):
     """Fig. 2 draws, at each budget of its grid, the test accuracy of the point chosen on val."""
-    from eebench import plots
+    from eebench.report import plots
 
     df, _ = table.collect(sweep)
-    df = df.assign(variant=report.variant_names(df))
+    df = df.assign(variant=leaderboard.variant_names(df))
     curves = plots.accuracy_curves(df)
     for record in _records(sweep):
         g = df[df["run_id"] == record["run_id"]]
@@ -221,7 +221,7 @@ def test_report_bad_input(cli, tmp_path: Path):
 
 
 # ------------------------------------------------------------------------------------------------
-# per-IM ECE (eebench/metrics.py)
+# per-IM ECE (eebench/harness/metrics.py)
 
 
 def test_im_ece_by_hand():
@@ -242,7 +242,7 @@ def test_im_ece_by_hand():
 
 
 def test_seed_band_is_mean_plus_minus_sample_std_clipped_to_the_range():
-    from eebench.plots import sd_band
+    from eebench.report.plots import sd_band
     values = [0.0, 1.0, 5.0]                      # mean 2; sample variance (4 + 1 + 9) / 2 = 7
     lo, hi = sd_band(100.0)(values)
     assert lo == 0.0                              # 2 - sqrt(7) < 0 is clipped

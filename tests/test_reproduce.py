@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from eebench import reproduce
+from eebench.report import reproduce
 
 
 def test_lock_drift_names_the_package_and_both_versions(tmp_path, cli, monkeypatch):

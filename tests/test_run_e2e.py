@@ -10,10 +10,10 @@ import pytest
 
 from conftest import DATA_DIR, ROOT, WEIGHTS_DIR, check_replay, needs_shared, read_record
 from eebench.backbones import BACKBONES
-from eebench.config import resolve
+from eebench.harness.config import resolve
 from eebench.errors import CorruptCacheError, UsageError
-from eebench.replay import replay
-from eebench.runner import RunOptions
+from eebench.deploy.replay import replay
+from eebench.harness.runner import RunOptions
 
 
 def _best_at(record: dict, max_cost: float) -> float:

@@ -1,4 +1,4 @@
-"""The runtime (:mod:`eebench.runtime`) and ``eebench latency``: the time profile's arithmetic, dropping
+"""The runtime (:mod:`eebench.deploy.runtime`) and ``eebench latency``: the time profile's arithmetic, dropping
 exited samples from any hidden state, the bad inputs named before anything loads, and on real
 CIFAR-10 through the published ResNet-20 the runtime answering as the record for every method, with
 a time profile that adds up to the plain pass (``test_run_e2e``). (Digits: every method's test checks
@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from conftest import DATA_DIR, WEIGHTS_DIR, check_replay, needs_shared, read_record
-from eebench.graphs import GraphBatch
-from eebench.method import load_methods
-from eebench.runner import RunOptions
-from eebench.exit_policy import IMSteps, ThresholdRule
-from eebench.features import SplitFeatures
-from eebench.runtime import CachedBackbone, TimeProfile, keep_rows, run_exits
+from eebench.data.graphs import GraphBatch
+from eebench.harness.method import load_methods
+from eebench.harness.runner import RunOptions
+from eebench.harness.exit_policy import IMSteps, ThresholdRule
+from eebench.harness.features import SplitFeatures
+from eebench.deploy.runtime import CachedBackbone, TimeProfile, keep_rows, run_exits
 
 
 def test_time_profile_predicts_seconds_and_speedup_by_hand():

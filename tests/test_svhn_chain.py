@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import read_record, write_mirror, write_official_checkpoint
-from eebench.backbone_training import lr_factor
+from eebench.backbones.training import lr_factor
 
 
 def test_offline_svhn_says_how_to_provide_the_data(tmp_path):

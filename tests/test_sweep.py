@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from conftest import EXPERIMENTS, SMOKE, check_record
-from eebench.config import resolve
+from eebench.harness.config import resolve
 from eebench.errors import ConfigError, UnknownNameError
-from eebench.method import load_methods
-from eebench.grids import expand, load_grid
+from eebench.harness.method import load_methods
+from eebench.sweep.grids import expand, load_grid
 
 EEBENCH = Path(sys.executable).parent / "eebench"
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from filelock import FileLock
 
-from eebench.grids import expand, load_grid
+from eebench.sweep.grids import expand, load_grid
 from conftest import SMOKE, check_record
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(900),

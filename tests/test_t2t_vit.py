@@ -9,7 +9,7 @@ import torch
 from conftest import OFFICIAL, official_shapes, write_official_checkpoint
 from eebench.backbones import BACKBONES, create_model
 from eebench.backbones.t2t_vit import T2TViTExits, TokenPerformer, sinusoid_table, token_grid
-from eebench.costs import module_muladds, profile_exits
+from eebench.harness.costs import module_muladds, profile_exits
 
 @pytest.mark.parametrize("name, paper_params, paper_muladds", [
     ("t2t_vit_7", 4.3e6, 1.1e9),

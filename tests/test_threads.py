@@ -1,4 +1,4 @@
-"""Threads from the CPUs this process may use (:mod:`eebench.threads`): affinity, cgroup quota and
+"""Threads from the CPUs this process may use (:mod:`eebench.harness.threads`): affinity, cgroup quota and
 SLURM, the fewest wins; ``--threads`` / ``$EEBENCH_THREADS`` override; bad counts are one line and
 status 2; the run record says how many threads ran."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import read_record
-from eebench import threads
+from eebench.harness import threads
 
 
 def test_cgroup_quota_v2_and_v1(tmp_path):
@@ -46,7 +46,7 @@ def test_the_fewest_cpus_win_and_the_user_overrides(monkeypatch):
 def test_affinity_of_a_pinned_process():
     """A process pinned to one CPU (taskset / a SLURM binding) sizes its pool to one thread."""
     code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-            "from eebench import threads; print(threads.available_cpus())")
+            "from eebench.harness import threads; print(threads.available_cpus())")
     env = {k: v for k, v in os.environ.items() if k not in ("EEBENCH_THREADS", "SLURM_CPUS_PER_TASK")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "1"

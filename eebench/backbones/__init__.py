@@ -1,7 +1,7 @@
 """Backbones: timm-registered models plus their exit adapters, one module per model family, each
 registering its backbones (:func:`register_backbone`) beside its model code; every module of this
 package is imported the first time a backbone name is looked up. Where the weights of a run come
-from is :mod:`eebench.weights`.
+from is :mod:`eebench.backbones.weights`.
 """
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import timm
 from torch import nn
 
 from eebench.backbones.base import ExitAdapter
-from eebench.data import offline
+from eebench.data.sources import offline
 from eebench.errors import ConfigError, DataUnavailableError
-from eebench.pipelines import ImagePipeline, InputPipeline
+from eebench.data.pipelines import ImagePipeline, InputPipeline
 from eebench.registry import Registry
 
 log = logging.getLogger(__name__)
 
 
 #: Where weights that ship with the package live.
-SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class ShippedWeights:
     Attributes:
         file: the file name under :data:`SHIPPED_DIR` (safetensors, written by ``backbone train``).
         sha256: sha256 of the file's bytes, hex (checked before every load).
-        split_key: :meth:`~eebench.data.DataSplits.key` of the splits they were trained on.
-        recipe_key: :func:`~eebench.backbone_training.recipe_key` of the recipe they were trained with.
+        split_key: :meth:`~eebench.data.splits.DataSplits.key` of the splits they were trained on.
+        recipe_key: :func:`~eebench.backbones.training.recipe_key` of the recipe they were trained with.
         made_by: the command that trains them again, for the run record.
     """
 
@@ -61,7 +61,7 @@ class BackboneSpec:
         description: one line for ``eebench list``.
         weights_file: local file name of the published checkpoint (under ``--weights-dir``).
         pretrained_on: the dataset the published checkpoint was trained on.
-        recipe: training recipe for :mod:`eebench.backbone_training` (overrides of its defaults).
+        recipe: training recipe for :mod:`eebench.backbones.training` (overrides of its defaults).
         train_on_first_use: train here without being asked when no checkpoint exists.
         pipeline: how dataset rows become inputs (images by default).
         dataset_recipes: per-dataset recipe overrides on top of ``recipe`` (e.g. the resolution

@@ -44,10 +44,10 @@ from torch.utils.data import Dataset
 
 from eebench.backbones import BackboneSpec, register_backbone
 from eebench.backbones.base import ExitAdapter
-from eebench.data import DataSplits
+from eebench.data.splits import DataSplits
 from eebench.errors import ConfigError
-from eebench.graphs import MAX_NODES, GraphBatch, GraphDataset, collate_graphs
-from eebench.pipelines import InputPipeline
+from eebench.data.graphs import MAX_NODES, GraphBatch, GraphDataset, collate_graphs
+from eebench.data.pipelines import InputPipeline
 
 __all__ = ["GraphTransformer", "GritExits", "GraphPipeline", "PairLinear", "RRWPAttention", "grit"]
 
@@ -124,7 +124,7 @@ class GritBlock(nn.Module):
 
 
 class GraphTransformer(nn.Module):
-    """GRIT-style graph classifier: :class:`~eebench.graphs.GraphBatch` → logits ``[B, C]``.
+    """GRIT-style graph classifier: :class:`~eebench.data.graphs.GraphBatch` → logits ``[B, C]``.
 
     Args:
         num_classes: C.
@@ -217,8 +217,8 @@ class GritExits(ExitAdapter):
 
 class GraphPipeline(InputPipeline):
     """Hub-schema graph rows (``node_feat``, ``edge_index``, ``num_nodes``) → :class:`GraphBatch`:
-    node features and RRWP with the model's K (:func:`eebench.graphs.rrwp`), zero-padded to the
-    largest graph of the batch (at most :data:`~eebench.graphs.MAX_NODES` nodes). No augmentation."""
+    node features and RRWP with the model's K (:func:`eebench.data.graphs.rrwp`), zero-padded to the
+    largest graph of the batch (at most :data:`~eebench.data.graphs.MAX_NODES` nodes). No augmentation."""
 
     collate_fn = staticmethod(collate_graphs)
     AUGMENTATIONS = ("none",)

@@ -254,7 +254,7 @@ def has_pretrained(model_name: str) -> bool:
 
 def default_recipe_for(model_name: str, info: Any, hflip_invariant: bool | None) -> dict[str, Any]:
     """The training recipe of ``timm:model_name`` on images described by ``info``
-    (:class:`eebench.data.ImageInfo`), before ``--set`` overrides.
+    (:class:`eebench.data.splits.ImageInfo`), before ``--set`` overrides.
 
     Small images (≤ :data:`SMALL_IMAGE_PX` a side): from scratch at the data's size and channels
     (``model_kwargs`` ``in_chans``, and ``img_size`` where the model takes one), AdamW, cosine,

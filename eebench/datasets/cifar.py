@@ -3,7 +3,7 @@ from the hub or a local mirror ``DIR/<name>/{train,test}.parquet`` in the hub's 
 ``img`` and ``label`` / ``fine_label``, ``coarse_label``)."""
 from __future__ import annotations
 
-from eebench.data import DatasetSpec, register_dataset
+from eebench.data.spec import DatasetSpec, register_dataset
 
 register_dataset(DatasetSpec(
     name="cifar10", hub_id="uoft-cs/cifar10", num_classes=10, default_backbone="cifar_resnet56",

@@ -7,7 +7,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from eebench.data import DatasetSpec, register_dataset
+from eebench.data.spec import DatasetSpec, register_dataset
 
 
 def build_digits(data_dir: Path | None = None, cache_dir: Path | None = None) -> tuple[datasets.DatasetDict, str]:

@@ -3,9 +3,9 @@
 
 The input column is the first ``Image`` feature and the label the first ``ClassLabel``
 (``--set dataset.image_column=...`` / ``label_column=...`` choose others); C is the number of the
-``ClassLabel``'s names (:func:`eebench.data.read_schema`). The source's ``train``, ``validation``
+``ClassLabel``'s names (:func:`eebench.data.splits.read_schema`). The source's ``train``, ``validation``
 (also named ``valid`` or ``val``) and ``test`` splits are kept; a validation split gives val and
-calib (:func:`eebench.data.make_splits`), and a test split whose labels are all −1 (the hub's mark of
+calib (:func:`eebench.data.splits.make_splits`), and a test split whose labels are all −1 (the hub's mark of
 an unlabelled split) is dropped, so that test is carved from train.
 
 Sources: the hub by id; offline, a mirror ``--data-dir DIR`` holding
@@ -24,7 +24,8 @@ from typing import Any
 import datasets
 import numpy as np
 
-from eebench.data import DATASETS, DatasetSpec, dict_fingerprint, hub_error, load_mirror
+from eebench.data.spec import DATASETS, DatasetSpec
+from eebench.data.sources import dict_fingerprint, hub_error, load_mirror
 from eebench.errors import DataUnavailableError, UsageError
 
 log = logging.getLogger(__name__)

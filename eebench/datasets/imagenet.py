@@ -8,7 +8,8 @@ from pathlib import Path
 
 import datasets
 
-from eebench.data import DATASETS, DatasetSpec, dict_fingerprint, hub_error, load_mirror, register_dataset
+from eebench.data.spec import DATASETS, DatasetSpec, register_dataset
+from eebench.data.sources import dict_fingerprint, hub_error, load_mirror
 from eebench.errors import DataUnavailableError
 
 

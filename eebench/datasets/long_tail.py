@@ -13,7 +13,7 @@ kept whole (12,406 images for CIFAR-10-LT, as in LDAM): ``val`` and ``calib`` ar
 test split (``holdout: test``), so they follow its profile (``docs/decisions.md`` B4). Weights
 that saw the base dataset's balanced train split (a published CIFAR-10 checkpoint, or a fine-tune
 of one) are refused (``DatasetSpec.train_subset_of``).
-A derived dataset is written once (:mod:`eebench.derived`), its key hashing the source's content
+A derived dataset is written once (:mod:`eebench.data.derived`), its key hashing the source's content
 fingerprint and the long-tail parameters.
 """
 from __future__ import annotations
@@ -24,8 +24,9 @@ from typing import Any
 import datasets
 import numpy as np
 
-from eebench.data import DATASETS, DatasetSpec, load_source, register_dataset
-from eebench.derived import derived_dataset
+from eebench.data.spec import DATASETS, DatasetSpec, register_dataset
+from eebench.data.sources import load_source
+from eebench.data.derived import derived_dataset
 from eebench.errors import ConfigError, DataUnavailableError
 from eebench.params import NON_NEGATIVE, Constraint, Range
 

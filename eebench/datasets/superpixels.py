@@ -1,4 +1,4 @@
-"""MNIST superpixels: every MNIST digit as a SLIC superpixel graph (:mod:`eebench.graphs` has the
+"""MNIST superpixels: every MNIST digit as a SLIC superpixel graph (:mod:`eebench.data.graphs` has the
 construction and its measurements), a dataset derived from ``mnist`` and cached."""
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import datasets
 
-from eebench.data import DATASETS, DatasetSpec, load_source, register_dataset
-from eebench.derived import derived_dataset
-from eebench.graphs import NUM_NEIGHBOURS, N_SEGMENTS, build_graphs, builder_parameters, mnist_images, to_dataset
+from eebench.data.spec import DATASETS, DatasetSpec, register_dataset
+from eebench.data.sources import load_source
+from eebench.data.derived import derived_dataset
+from eebench.data.graphs import NUM_NEIGHBOURS, N_SEGMENTS, build_graphs, builder_parameters, mnist_images, to_dataset
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +21,10 @@ def build_mnist_superpixels(data_dir: Path | None = None, cache_dir: Path | None
 
     Returns:
         ``(DatasetDict(train=60k graphs, test=10k graphs), key)``; the key is the content hash of
-        the MNIST source fingerprint and :func:`eebench.graphs.builder_parameters`.
+        the MNIST source fingerprint and :func:`eebench.data.graphs.builder_parameters`.
 
     Raises:
-        DataUnavailableError: MNIST cannot be loaded (see :func:`eebench.data.load_source`).
+        DataUnavailableError: MNIST cannot be loaded (see :func:`eebench.data.sources.load_source`).
         CorruptCacheError: the cached entry cannot be read.
     """
     source, fingerprint = load_source(DATASETS.get("mnist"), data_dir, cache_dir)

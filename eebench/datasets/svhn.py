@@ -10,8 +10,8 @@ from typing import Any
 
 import datasets
 
-from eebench.data import (DATASETS, DatasetSpec, dict_fingerprint, file_sha256, hub_error, load_mirror, offline,
-                          register_dataset)
+from eebench.data.spec import DATASETS, DatasetSpec, register_dataset
+from eebench.data.sources import dict_fingerprint, file_sha256, hub_error, load_mirror, offline
 from eebench.errors import DataUnavailableError
 
 log = logging.getLogger(__name__)

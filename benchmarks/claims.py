@@ -40,7 +40,7 @@ def main() -> None:
     budgets = tuple(float(b) for b in args.budgets.split(","))
     options = ReportOptions(budgets)
     df = table.read_table(args.table)
-    samples = table.read_samples(args.table.parent / table.SAMPLES_NAME)
+    samples = table.read_samples(args.table.parent)
     df = df.assign(variant=variant_names(df))
     picked = choices(df, options)
     for (ds, bb), setting in df.groupby(["dataset", "backbone"], sort=True):

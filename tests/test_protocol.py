@@ -46,6 +46,7 @@ def _table(runs: dict[str, list[tuple[float, float, float, float]]], n_test: int
         for i, (vc, va, tc, ta) in enumerate(points):
             rows.append({"dataset": "toy", "backbone": "bb", "method": method, "seed": 0, "run_id": run_id,
                          "point": i, "val_cost": vc, "val_accuracy": va, "cost": tc, "accuracy": ta, "ece": 0.1,
+                         "auroc": 0.8, "aurc": 0.1,
                          "inefficiency_at_95": 1.5, "backbone_accuracy": 0.9, "backbone_val_accuracy": 0.9,
                          "n_test": n_test, "test_sha256": "t", "weights_sha256": "w", "weights_source": "s",
                          "exit_costs": np.array([0.3, 1.0])})

@@ -125,7 +125,7 @@ def test_leaderboard_against_records_by_hand(sweep: Path, tmp_path: Path, cli):
 def test_samples_table_holds_the_deployed_points_of_the_records(sweep: Path, tmp_path: Path, cli):
     assert cli("report", sweep, "--out", tmp_path)[0] == 0
     tab = table.read_table(tmp_path / table.TABLE_NAME)
-    samples = table.read_samples(tmp_path / table.SAMPLES_NAME)
+    samples = table.read_samples(tmp_path)
     for record in _records(sweep):
         run = tab[tab["run_id"] == record["run_id"]].sort_values("point")
         deployed = select(run["val_cost"].to_numpy(), run["val_accuracy"].to_numpy(), [0.25, 0.5, 0.75, 1.0])
@@ -143,12 +143,12 @@ def test_regenerate_from_table_byte_for_byte(sweep: Path, tmp_path: Path, cli):
     first, second = tmp_path / "from_records", tmp_path / "from_table"
     assert cli("report", sweep, "--out", first)[0] == 0
     second.mkdir()           # a clean folder holding only the committed tables
-    for name in (table.TABLE_NAME, table.SAMPLES_NAME):
+    for name in (table.TABLE_NAME, "samples_digits_vit_digits.parquet"):
         (second / name).write_bytes((first / name).read_bytes())
     assert cli("report", second / table.TABLE_NAME, "--out", second)[0] == 0
     names = sorted(p.name for p in first.iterdir())
-    assert names == ["leaderboard.csv", "leaderboard.md", "leaderboard_digits.csv", table.TABLE_NAME,
-                     table.SAMPLES_NAME]
+    assert names == ["diagnostics.md", "exits_digits_vit_digits.csv", "leaderboard.csv", "leaderboard.md",
+                     "leaderboard_digits.csv", table.TABLE_NAME, "overthinking.csv", "samples_digits_vit_digits.parquet"]
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
@@ -159,14 +159,14 @@ def test_plot_draws_every_figure(sweep: Path, tmp_path: Path, cli):
     assert status == 0, err
     from PIL import Image
 
-    from eebench.report import plots
+    from eebench.report import figure_style
 
     df = table.read_table(tmp_path / "results" / table.TABLE_NAME)
-    variants = plots.variant_names(df)
-    colours = plots.palette(variants.tolist())
+    variants = leaderboard.variant_names(df)
+    colours = figure_style.palette(variants.tolist())
     folder = tmp_path / "plots" / "digits_vit_digits"
     figures = [folder / f"{name}.png" for name in ("fig2_accuracy_vs_cost", "fig3_exit_decomposition",
-                                                   "fig4_ece_per_im", "fig5_uncertainty")]
+                                                   "fig4_ece_per_im", "fig5_uncertainty", "fig7_risk_coverage")]
     for png in figures + [tmp_path / "plots" / "fig2_accuracy_vs_cost_all.png"]:
         assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-", png.name
         pixels = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3).astype(int)
@@ -242,7 +242,7 @@ def test_im_ece_by_hand():
 
 
 def test_seed_band_is_mean_plus_minus_sample_std_clipped_to_the_range():
-    from eebench.report.plots import sd_band
+    from eebench.report.figure_style import sd_band
     values = [0.0, 1.0, 5.0]                      # mean 2; sample variance (4 + 1 + 9) / 2 = 7
     lo, hi = sd_band(100.0)(values)
     assert lo == 0.0                              # 2 - sqrt(7) < 0 is clipped

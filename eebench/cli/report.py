@@ -63,31 +63,35 @@ def tables(source: Path, out: Path | None, options=None, run_ids: set[str] | Non
     parquet, so that a report from run records and a later one from the committed tables compute
     from the same values.
 
-    From run records (only those of ``run_ids`` when given), both tables are written to ``out`` (a
-    temporary folder when None) and read back; the samples table holds the points ``options``
-    deploys. A ``.parquet`` source is read as it is, with the ``samples.parquet`` beside it (None
-    when absent).
+    From run records (only those of ``run_ids`` when given), both tables are written to a temporary
+    folder, read back, and copied into ``out`` (when given) once both are whole; the samples table holds the points ``options``
+    deploys. A ``.parquet`` source is read as it is, with the ``samples_*.parquet`` beside it (None
+    when there is none).
     """
+    from eebench.records import write_atomic
     from eebench.report import leaderboard, table
 
     source = Path(source)
     if source.is_file():
-        return table.read_table(source), table.read_samples(source.parent / table.SAMPLES_NAME)
+        return table.read_table(source), table.read_samples(source.parent)
     df, folders = table.collect(source)
     if run_ids is not None:
         df = df[df["run_id"].isin(run_ids)].reset_index(drop=True)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(out or tmp)
+        folder = Path(tmp)
         path = folder / table.TABLE_NAME
         table.write_table(df, path)
         df = table.read_table(path)
         samples = table.sample_payloads(folders, leaderboard.payload_plan(df, options or leaderboard.ReportOptions()), df)
-        table.write_samples(samples, folder / table.SAMPLES_NAME)
-        if out is not None:
-            size = sum((folder / n).stat().st_size for n in (table.TABLE_NAME, table.SAMPLES_NAME)) / 1024
-            print(f"tables: {path} and {table.SAMPLES_NAME} ({len(df)} operating points of "
-                  f"{df['run_id'].nunique()} runs, {size:.0f} KiB)")
-        return df, table.read_samples(folder / table.SAMPLES_NAME)
+        written = table.write_samples(samples, df, folder)
+        if out is not None:                 # into place only once both tables are whole
+            for p in [path, *written]:
+                write_atomic(Path(out) / p.name, p.read_bytes())
+            for stale in set(Path(out).glob(table.SAMPLES_GLOB)) - {Path(out) / p.name for p in written}:
+                stale.unlink()
+            sizes = ", ".join(f"{p.name} {p.stat().st_size / 1024:.0f} KiB" for p in [path, *written])
+            print(f"tables: {len(df)} operating points of {df['run_id'].nunique()} runs in {out}: {sizes}")
+        return df, table.read_samples(folder)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -112,7 +116,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from eebench.paths import writable_dir
 
     writable_dir(args.out, "--out")
-    written = plots.plot_all(tables(args.source, None)[0], args.out)
+    df, samples = tables(args.source, None)
+    written = plots.plot_all(df, args.out, samples)
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -5,6 +5,10 @@
   samples (JEI-DNN, Fig. 3); ECE of each IM on all samples (JEI-DNN, Fig. 4);
 - ECE with 15 equal-width bins on the confidence of the answered prediction (Guo et al., ICML
   2017, eq. 3), equal-mass bins as an option;
+- failure prediction: how well the answered confidence separates correct from wrong answers, as
+  AUROC (scikit-learn's ``roc_auc_score``) and AURC, the area under the risk–coverage curve
+  (Geifman & El-Yaniv, NeurIPS 2017), with E-AURC (Geifman et al., ICLR 2019), at the point and
+  for each IM on all samples;
 - split conformal prediction per exit (JEI-DNN §5.2; ``methods.md``, Metrics): score
   s = 1 − p_y on ``calib``; for exit l, q̂_l is the ⌈(n+1)(1−α)⌉-th smallest score of the calib
   samples that exit at l (all calib samples scored by IM l when fewer than 20 exit there);
@@ -62,6 +66,44 @@ def ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15, binning: 
     return float(total)
 
 
+def auroc(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """AUROC of ``confidence`` (``[N]``) as a score of ``correct`` (``[N]`` bool): the chance that a
+    correct answer is more confident than a wrong one, ties half (scikit-learn's ``roc_auc_score``).
+    NaN when every answer is correct or every one wrong."""
+    from sklearn.metrics import roc_auc_score
+
+    ok = np.asarray(correct, dtype=bool)
+    if ok.all() or not ok.any():
+        return math.nan
+    return float(roc_auc_score(ok, np.asarray(confidence, dtype=np.float64)))
+
+
+def aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """Area under the risk–coverage curve (Geifman & El-Yaniv, NeurIPS 2017): answers taken in
+    decreasing confidence; each is charged the risk (error rate) of the covered set once every answer
+    as confident as it is in (ties enter together, so the order of tied samples does not matter):
+    AURC = (1/N) Σ_g n_g · E_g / N_g over the groups g of tied confidence, N_g and E_g the answers
+    and errors covered up to g. A fraction; 0.0 for an empty input."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    wrong = ~np.asarray(correct, dtype=bool)
+    if conf.size == 0:
+        return 0.0
+    values, group = np.unique(-conf, return_inverse=True)          # most confident group first
+    n_g = np.bincount(group, minlength=len(values))
+    e_g = np.bincount(group, weights=wrong.astype(np.float64), minlength=len(values))
+    return float((n_g * np.cumsum(e_g) / np.cumsum(n_g)).sum() / conf.size)
+
+
+def e_aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """Excess AURC (Geifman et al., ICLR 2019): :func:`aurc` less the AURC of an ideal ranking with
+    the same errors (every correct answer before every wrong one), computed exactly:
+    (1/N) Σ_{i=N−E+1}^{N} (i − N + E) / i."""
+    ok = np.asarray(correct, dtype=bool)
+    n, errors = ok.size, int((~ok).sum())
+    i = np.arange(n - errors + 1, n + 1, dtype=np.float64)
+    return aurc(confidence, ok) - float(((i - n + errors) / i).sum() / max(n, 1))
+
+
 def conformal_quantile(scores: np.ndarray, alpha: float) -> float:
     """q̂ = the ⌈(n+1)(1−α)⌉-th smallest of ``scores`` (``[n]``); +∞ when that rank exceeds n.
 
@@ -111,7 +153,8 @@ def evaluate(test: OperatingPoint, test_labels: np.ndarray, calib: OperatingPoin
         a JSON-ready dict: ``accuracy``, ``cost``, ``muladds``, ``ece``, ``ece_mass``,
         ``exit_shares`` [K], ``exit_accuracy`` [K] (None where no sample exits),
         ``im_accuracy`` [K], ``im_ece`` [K] (ECE of each IM's own prediction on all samples,
-        15 equal-width bins; JEI-DNN Fig. 4), and, with calib, ``conformal`` {alpha,
+        15 equal-width bins; JEI-DNN Fig. 4), ``auroc``, ``aurc``, ``e_aurc`` of the answered
+        confidence and ``im_auroc`` [K], ``im_aurc`` [K] of each IM's, and, with calib, ``conformal`` {alpha,
         inefficiency, coverage} and ``inefficiency_at_95`` (the inefficiency at α = 0.05).
     """
     y = np.asarray(test_labels)
@@ -125,7 +168,8 @@ def evaluate(test: OperatingPoint, test_labels: np.ndarray, calib: OperatingPoin
     im_probs = test.exit_probs.numpy()                      # [N, K, C]
     im_correct = im_probs.argmax(-1) == y[:, None]          # [N, K]
     im_acc = im_correct.mean(0)
-    im_ece = [ece(im_probs[:, k].max(-1), im_correct[:, k]) for k in range(K)]
+    im_conf = im_probs.max(-1)                              # [N, K]
+    im_ece = [ece(im_conf[:, k], im_correct[:, k]) for k in range(K)]
     out: dict[str, Any] = {
         "accuracy": float(correct.mean()),
         "cost": float(np.asarray(exit_costs)[exits].mean()),
@@ -136,6 +180,11 @@ def evaluate(test: OperatingPoint, test_labels: np.ndarray, calib: OperatingPoin
         "exit_accuracy": exit_acc,
         "im_accuracy": im_acc.tolist(),
         "im_ece": im_ece,
+        "auroc": auroc(conf, correct),
+        "aurc": aurc(conf, correct),
+        "e_aurc": e_aurc(conf, correct),
+        "im_auroc": [auroc(im_conf[:, k], im_correct[:, k]) for k in range(K)],
+        "im_aurc": [aurc(im_conf[:, k], im_correct[:, k]) for k in range(K)],
     }
     if calib is not None:
         ineff, cover = [], []

@@ -24,7 +24,7 @@ from eebench.data.splits import DataSplits, indices_sha256, load_splits, policy_
 from eebench.harness.devices import describe_device, resolve_device
 from eebench.harness.features import FeatureCache, SplitFeatures, feature_key, state_dict_sha256
 from eebench.harness.im_stage import IMStage, im_schedule
-from eebench.harness.method import ExitTask, FittedMethod, load_methods
+from eebench.harness.method import ExitTask, FittedMethod, OperatingPoint, load_methods
 from eebench.harness.metrics import SET_SIZE_ALPHA, conformal_set_sizes, evaluate
 from eebench.integrity import save_hashed
 from eebench.records import git_revision, versions, write_json, write_npz
@@ -189,8 +189,11 @@ def exit_task(prep: Prepared, config: RunConfig, cache_dir: Path | None = None,
 def run(config: RunConfig, options: RunOptions) -> dict[str, Any]:
     """Run one configuration end to end and write ``OUT/<run-id>/record.json`` atomically.
 
-    The per-sample arrays (exit, prediction, confidence per operating point on ``test``) go to
-    ``samples.npz`` beside it, written before the record, so a record always has its samples.
+    The per-sample arrays on ``test`` go to ``samples.npz`` beside it, written before the record, so
+    a record always has its samples: per operating point the exit, prediction, confidence and
+    conformal set size (``[P, N]``); per distinct set of exit answers (:func:`exit_sets`) every
+    exit's prediction and confidence (``exit_prediction``, ``exit_confidence``, ``[S, K, N]``), and
+    ``exit_set`` ``[P]``, which set each point answers with.
     A run that fails writes nothing.
 
     Returns:
@@ -258,13 +261,36 @@ def _fit_and_record(config: RunConfig, options: RunOptions, method: Any, prep: P
     out.mkdir(parents=True, exist_ok=True)
     save_exits(out / EXITS_FILE, config.method, fitted)
     answered = [p.answered_probs for p in points["test"]]
+    sets, set_of = exit_sets(points["test"])
     write_npz(out / "samples.npz", labels=labels["test"].astype(np.int16),
               exit_index=np.stack([p.exit_index for p in points["test"]]).astype(np.int16),
               prediction=np.stack([a.argmax(1).numpy() for a in answered]).astype(np.int16),
               confidence=np.stack([a.amax(1).numpy() for a in answered]).astype(np.float16),
-              set_size=np.stack(set_sizes).astype(np.int16))
+              set_size=np.stack(set_sizes).astype(np.int16),
+              exit_prediction=np.stack([s.argmax(-1).T.numpy() for s in sets]).astype(np.int16),
+              exit_confidence=np.stack([s.amax(-1).T.numpy() for s in sets]).astype(np.float16),
+              exit_set=np.asarray(set_of, dtype=np.int16))
     write_json(out / "record.json", record)
     return record
+
+
+def exit_sets(points: list[OperatingPoint]) -> tuple[list[torch.Tensor], list[int]]:
+    """The distinct exit answers of a run's points (``exit_probs``, ``[N, K, C]`` each: one for a
+    method whose exits serve every setting, one per setting for JEI-DNN's per-λ IMs or differentiable
+    branching), and which of them each point answers with.
+
+    Returns:
+        ``(sets, set_of)``: the distinct tensors, and ``[P]`` indices into them.
+    """
+    sets: list[torch.Tensor] = []
+    set_of = []
+    for p in points:
+        i = next((j for j, s in enumerate(sets) if s is p.exit_probs or torch.equal(s, p.exit_probs)), None)
+        if i is None:
+            sets.append(p.exit_probs)
+            i = len(sets) - 1
+        set_of.append(i)
+    return sets, set_of
 
 
 def save_exits(path: Path, method: str, fitted: FittedMethod) -> None:

@@ -83,3 +83,46 @@ def tied(best: np.ndarray, other: np.ndarray, level: float = 0.95) -> bool:
     lo, hi = np.quantile(diff, [(1 - level) / 2, 1 - (1 - level) / 2])
     return bool(lo <= 0 <= hi)
 
+
+def _level_mass(weights: np.ndarray, correct: np.ndarray, levels: np.ndarray, n_levels: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Resampled weight of the correct and of the wrong samples at each confidence level: ``[R, L+1]`` each."""
+    lv = np.asarray(levels, dtype=np.int64)
+    ok = np.asarray(correct, dtype=bool)
+    onehot = np.zeros((lv.size, n_levels + 1), dtype=np.float32)
+    onehot[np.arange(lv.size), lv] = 1.0
+    w = np.asarray(weights, dtype=np.float32)
+    return w @ (onehot * ok[:, None]), w @ (onehot * ~ok[:, None])
+
+
+def replicate_auroc(weights: np.ndarray, correct: np.ndarray, levels: np.ndarray, n_levels: int) -> np.ndarray:
+    """Replicates of the AUROC of the confidence as a score of correctness: the chance that a correct
+    answer is more confident than a wrong one, ties counted half (Mann–Whitney), on quantised
+    confidence ``levels`` (0..``n_levels``) as the samples table stores them.
+
+    Args:
+        weights: ``[R, N]``; correct: ``[N]`` bool; levels: ``[N]`` int.
+
+    Returns:
+        ``[R]`` AUROC as fractions (NaN in a replicate with no correct or no wrong sample).
+    """
+    good, bad = _level_mass(weights, correct, levels, n_levels)
+    below = np.cumsum(bad, axis=1) - bad
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((good * (below + 0.5 * bad)).sum(1) / (good.sum(1) * bad.sum(1))).astype(np.float64)
+
+
+def replicate_aurc(weights: np.ndarray, correct: np.ndarray, levels: np.ndarray, n_levels: int) -> np.ndarray:
+    """Replicates of the area under the risk–coverage curve (Geifman & El-Yaniv, NeurIPS 2017):
+    samples taken in decreasing confidence, a group of tied levels at once, each sample charged the
+    risk (error rate) of the covered set once its group is in (:func:`eebench.harness.metrics.aurc`).
+
+    Returns:
+        ``[R]`` AURC as fractions.
+    """
+    good, bad = _level_mass(weights, correct, levels, n_levels)
+    good, bad = good[:, ::-1], bad[:, ::-1]                      # most confident level first
+    covered, errors = np.cumsum(good + bad, axis=1), np.cumsum(bad, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        risk = np.where(covered > 0, errors / covered, 0.0)
+    return ((good + bad) * risk).sum(1).astype(np.float64) / (good + bad).sum(1)

@@ -10,9 +10,15 @@ separate the variant's accuracy from the best one's (95 %).
 
 Figures per run, then over seeds:
 
-- ``accuracy_at_<B>``, ``cost_at_<B>``, ``ece_at_<B>`` (%, 15 equal-width bins) and
-  ``inefficiency95_at_<B>`` (mean conformal set size at α = 0.05) of the point deployed at B;
-  empty where a seed has no point of selection cost ≤ B;
+- ``accuracy_at_<B>``, ``cost_at_<B>``, ``ece_at_<B>`` (%, 15 equal-width bins),
+  ``inefficiency95_at_<B>`` (mean conformal set size at α = 0.05), ``auroc_at_<B>`` and
+  ``aurc_at_<B>`` (%, failure prediction by the answered confidence,
+  :func:`eebench.harness.metrics.auroc`, :func:`~eebench.harness.metrics.aurc`) of the point
+  deployed at B; empty where a seed has no point of selection cost ≤ B;
+- ``oracle_accuracy_at_<B>`` (%): the best accuracy any exit policy could reach at mean cost ≤ B with
+  the exits of the point deployed at B (:func:`eebench.report.diagnostics.oracle_accuracy`; empty
+  below the first exit's cost), and ``headroom_at_<B>``, the oracle less the deployed point's
+  accuracy, per seed then averaged: a bound, never ranked;
 - ``auc``: the mean of the val-selected test accuracy over budgets uniform on the setting's common
   range [``auc_range_lo``, ``auc_range_hi``]: from the largest cheapest-point cost of any run of the
   setting to 1 (the plain backbone), so that no method is charged for budgets another cannot meet;
@@ -37,11 +43,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eebench.report import bootstrap
+from eebench.report import bootstrap, diagnostics
 from eebench.paths import slug
 from eebench.records import write_atomic
 from eebench.report.selection import (cheapest_within, check_budgets, check_selection_split, select, selection_intervals)
-from eebench.report.table import SCORE_LEVELS, dequantise_confidence, method_rank
+from eebench.report.table import CONFIDENCE_LEVELS, SCORE_LEVELS, dequantise_confidence, method_rank
 
 #: Budgets (normalised cost) of the leaderboard.
 BUDGETS: tuple[float, ...] = (0.25, 0.50, 0.75, 1.00)
@@ -53,7 +59,10 @@ GROUP_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "method", "variant")
 CSV_FLOAT_FORMAT = "%.4f"
 #: Per-budget figures: name → (table column, scale).
 POINT_FIGURES: dict[str, tuple[str, float]] = {"accuracy": ("accuracy", 100.0), "cost": ("cost", 1.0),
-                                               "ece": ("ece", 100.0), "inefficiency95": ("inefficiency_at_95", 1.0)}
+                                               "ece": ("ece", 100.0), "inefficiency95": ("inefficiency_at_95", 1.0),
+                                               "auroc": ("auroc", 100.0), "aurc": ("aurc", 100.0)}
+#: Per-budget figures read off the per-sample arrays of the deployed point's exits (%).
+EXIT_FIGURES: tuple[str, ...] = ("oracle_accuracy", "headroom")
 #: Per-budget figures of the runs timed by ``eebench latency`` (columns only where some run was).
 MEASURED_FIGURES: dict[str, tuple[str, float]] = {"measured_speedup": ("measured_speedup", 1.0)}
 
@@ -193,7 +202,7 @@ def payload_plan(df: pd.DataFrame, options: ReportOptions) -> dict[str, dict[str
 
 def figure_names(options: ReportOptions, measured: bool = False) -> list[str]:
     """The per-run figures, in column order (``measured``: with the measured speed-up at each budget)."""
-    figures = {**POINT_FIGURES, **(MEASURED_FIGURES if measured else {})}
+    figures = [*POINT_FIGURES, *EXIT_FIGURES, *(MEASURED_FIGURES if measured else {})]
     per_budget = [f"{f}_at_{budget_label(b)}" for b in options.budgets for f in figures]
     return per_budget + ["auc", "cost_to_backbone_minus_1pt"]
 
@@ -216,6 +225,13 @@ class _Samples:
             return None
         if what == "auc":
             return r.auc_score.astype(np.float64) / SCORE_LEVELS
+        if what == "first_correct":                             # of the exits the point answers with
+            s = getattr(r, "exit_set", None)
+            exits = None if s is None or pd.isna(s) else self.rows.get((run_id, -2 - int(s)))
+            K = len(self.exit_costs[run_id])
+            return None if exits is None else diagnostics.first_correct(exits.exit_correct, K)
+        if what == "levels":
+            return r.confidence
         if what == "cost":
             return self.exit_costs[run_id][r.exit.astype(int)]
         if what == "confidence":
@@ -223,12 +239,31 @@ class _Samples:
         return getattr(r, what).astype(np.float64)
 
 
-def _replicates(weights: np.ndarray | None, samples: _Samples, picks: list[tuple[str, int]], figure: str
-                ) -> np.ndarray | None:
+def _replicates(weights: np.ndarray | None, samples: _Samples, picks: list[tuple[str, int]], figure: str,
+                budgets: list[float] | None = None) -> np.ndarray | None:
     """Bootstrap replicates of a figure pooled over seeds: ``picks`` = (run id, point) per seed
-    (point −1: the run's AUC row). None without resampling weights or per-sample arrays."""
+    (point −1: the run's AUC row); ``budgets``, the oracle's budget per seed. None without resampling
+    weights or per-sample arrays."""
     if weights is None or figure in MEASURED_FIGURES:     # a timing, not an estimate from the test samples
         return None
+    if figure in ("oracle_accuracy", "headroom"):
+        reps = []
+        for (r, p), budget in zip(picks, budgets or []):
+            first = samples.get(r, p, "first_correct")
+            if first is None:
+                return None
+            reps.append(diagnostics.replicate_oracle(weights, first, samples.exit_costs[r], budget))
+        oracle = 100 * np.mean(reps, axis=0)
+        if figure == "oracle_accuracy":
+            return oracle
+        accuracy = _replicates(weights, samples, picks, "accuracy")
+        return None if accuracy is None else oracle - accuracy
+    if figure in ("auroc", "aurc"):
+        score = bootstrap.replicate_auroc if figure == "auroc" else bootstrap.replicate_aurc
+        parts = [(samples.get(r, p, "correct"), samples.get(r, p, "levels")) for r, p in picks]
+        if any(c is None for c, _ in parts):
+            return None
+        return 100 * np.mean([score(weights, c, lv, CONFIDENCE_LEVELS) for c, lv in parts], axis=0)
     if figure == "ece":
         parts = [(samples.get(r, p, "correct"), samples.get(r, p, "confidence")) for r, p in picks]
         if any(c is None for c, _ in parts):
@@ -242,11 +277,22 @@ def _replicates(weights: np.ndarray | None, samples: _Samples, picks: list[tuple
     return scale * bootstrap.replicate_mean(weights, np.mean(values, axis=0))
 
 
-def _run_figures(name: str, runs: list[tuple[str, pd.DataFrame]], picked: dict[str, RunChoice]
-                 ) -> tuple[str, list[float], list[tuple[str, int]]]:
+def _run_figures(name: str, runs: list[tuple[str, pd.DataFrame]], picked: dict[str, RunChoice],
+                 samples: _Samples) -> tuple[str, list[float], list[tuple[str, int]]]:
     """One leaderboard figure for each seed of a variant: ``(figure kind, values, (run id, point)
     per seed)``; the point is −1 for the AUC (its per-sample row) and for a figure a run lacks."""
     values, picks = [], []
+    figure, label = name.rsplit("_at_", 1) if "_at_" in name else (name, "")
+    if figure in EXIT_FIGURES:
+        for run_id, run in runs:
+            point = next(p for b, p in picked[run_id].at.items() if budget_label(b) == label)
+            first = samples.get(run_id, point, "first_correct") if point >= 0 else None
+            oracle = (100 * diagnostics.oracle_accuracy(first, samples.exit_costs[run_id], float(label))
+                      if first is not None else math.nan)
+            accuracy = 100 * float(run.iloc[point]["accuracy"]) if point >= 0 else math.nan
+            values.append(oracle if figure == "oracle_accuracy" else oracle - accuracy)
+            picks.append((run_id, point))
+        return figure, values, picks
     for run_id, run in runs:
         c = picked[run_id]
         if name == "auc":
@@ -299,12 +345,13 @@ def leaderboard(df: pd.DataFrame, samples: pd.DataFrame | None = None, options: 
                                    "backbone_accuracy_mean": 100 * p,
                                    "backbone_accuracy_se": 100 * math.sqrt(p * (1 - p) / max(int(n_test), 1))}
             for name in names:
-                figure, values, picks = _run_figures(name, runs, picked)
+                figure, values, picks = _run_figures(name, runs, picked, data)
                 v = np.asarray(values, float)
                 defined = bool(np.isfinite(v).all())
                 row[f"{name}_mean"] = float(v.mean()) if defined else math.nan
                 row[f"{name}_std"] = float(np.std(v, ddof=1)) if defined and len(v) > 1 else math.nan
-                reps = _replicates(weights, data, picks, figure) if defined else None
+                budgets = [float(name.rsplit("_at_", 1)[1])] * len(picks) if figure in EXIT_FIGURES else None
+                reps = _replicates(weights, data, picks, figure, budgets) if defined else None
                 row[f"{name}_se"] = bootstrap.standard_error(reps) if reps is not None else math.nan
                 if name.startswith("accuracy_at_"):
                     accuracy_reps[float(name.rsplit("_at_", 1)[1])][variant] = reps
@@ -359,9 +406,9 @@ def leaderboard_markdown(board: pd.DataFrame, options: ReportOptions = ReportOpt
                   f"weights sha256 `{first['weights_sha256']}` ({first['weights_source']}); "
                   f"AUC over budgets [{first['auc_range_lo']:.3f}, {first['auc_range_hi']:.2f}].", "",
                   "| method | seeds | " + " | ".join(c[1] for c in acc_cols)
-                  + " | AUC % | cost to bb−1pt | ECE@0.50 % | ECE@0.75 % | ineff95@0.75 |"
+                  + " | AUC % | cost to bb−1pt | ECE@0.50 % | ECE@0.75 % | ineff95@0.75 | AUROC@0.50 % | oracle@0.50 % |"
                   + (" measured × @0.50 |" if measured else ""),
-                  "|---|---:|" + "---:|" * (len(acc_cols) + 5 + measured)]
+                  "|---|---:|" + "---:|" * (len(acc_cols) + 7 + measured)]
         best = {b: g[f"accuracy_at_{b}_mean"].max() for b, _ in acc_cols}
         for _, r in g.iterrows():
             cells = []
@@ -378,12 +425,16 @@ def leaderboard_markdown(board: pd.DataFrame, options: ReportOptions = ReportOpt
                 cells.append(_cell(r.get(f"ece_at_{b}_mean", math.nan), r.get(f"ece_at_{b}_se", math.nan), ".2f"))
             cells.append(_cell(r.get("inefficiency95_at_0.75_mean", math.nan), r.get("inefficiency95_at_0.75_se", math.nan),
                                ".2f"))
+            for f in ("auroc", "oracle_accuracy"):
+                cells.append(_cell(r.get(f"{f}_at_0.50_mean", math.nan), r.get(f"{f}_at_0.50_se", math.nan), ".2f"))
             if measured:
                 cells.append(_cell(r["measured_speedup_at_0.50_mean"], math.nan, ".2f"))
             lines.append(f"| {r['variant']} | {r['seeds']} | " + " | ".join(cells) + " |")
         lines += ["", "Cells: mean over seeds of the test figure of the point chosen on val at that budget ± the "
                       "bootstrap standard error of the test estimate (seeds pooled); **bold**: the most accurate; "
-                      "†: not separable from it (paired bootstrap, 95 %)."
+                      "†: not separable from it (paired bootstrap, 95 %). AUROC: how well the answered confidence separates "
+                      "correct from wrong answers; oracle: the best accuracy any exit policy reaches with the deployed "
+                      "point's exits at that budget (a bound, not ranked)."
                   + (" Measured ×: the plain backbone's time over the runtime's (`eebench latency`, exited samples "
                      "dropped from the batch) for the same point, mean over the seeds timed." if measured else ""), ""]
     return "\n".join(lines)
@@ -391,8 +442,9 @@ def leaderboard_markdown(board: pd.DataFrame, options: ReportOptions = ReportOpt
 
 def write_report(df: pd.DataFrame, samples: pd.DataFrame | None, out_dir: Path,
                  options: ReportOptions = ReportOptions()) -> tuple[pd.DataFrame, list[Path]]:
-    """Write ``leaderboard.csv``, ``leaderboard_<dataset>.csv`` per dataset and ``leaderboard.md``
-    under ``out_dir`` (atomically; floats as ``%.4f``, rows in a fixed order).
+    """Write ``leaderboard.csv``, ``leaderboard_<dataset>.csv`` per dataset, ``leaderboard.md``, the
+    shared IM stage's per-exit table ``exits_<dataset>_<backbone>.csv`` per setting, ``overthinking.csv``
+    and ``diagnostics.md`` under ``out_dir`` (atomically; floats as ``%.4f``, rows in a fixed order).
 
     Returns:
         ``(leaderboard, paths written)``.
@@ -408,4 +460,14 @@ def write_report(df: pd.DataFrame, samples: pd.DataFrame | None, out_dir: Path,
     path = out_dir / "leaderboard.md"
     write_atomic(path, leaderboard_markdown(board, options).encode())
     written.append(path)
+    exits = diagnostics.exit_table(df, samples, options.replicates)
+    over = diagnostics.overthinking_table(df, samples, options.replicates)
+    for (ds, bb), g in exits.groupby(["dataset", "backbone"], sort=True) if len(exits) else []:
+        written.append(out_dir / f"exits_{slug(ds)}_{slug(bb)}.csv")
+        write_atomic(written[-1], _csv_bytes(g))
+    if len(over):
+        written.append(out_dir / "overthinking.csv")
+        write_atomic(written[-1], _csv_bytes(over))
+    written.append(out_dir / "diagnostics.md")
+    write_atomic(written[-1], diagnostics.diagnostics_markdown(exits, over).encode())
     return board, written

@@ -25,102 +25,39 @@ And ``OUT/fig2_accuracy_vs_cost_all``: Fig. 2 of every setting side by side (the
 """
 from __future__ import annotations
 
-import io
 import logging
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from eebench.records import write_atomic
 from eebench.report.leaderboard import variant_names
+from eebench.report.diagnostic_plots import draw_oracle, fig_risk_coverage, oracle_curve
+from eebench.report.figure_style import (COST_LABEL, legend_outside, marker_map, method_legend, new_figure, palette,
+                                          save, sd_band, setting_title, style)
 from eebench.report.selection import select
-from eebench.report.table import method_rank
 
 log = logging.getLogger(__name__)
 
 #: Budget of the operating point of Fig. 3 and Fig. 4.
 FIG3_BUDGET = 0.5
 GRID_POINTS = 300
-PNG_DPI = 110
-COST_LABEL = "normalised Mul-Add (cost)"
 
 
-@contextmanager
-def _style() -> Iterator[None]:
-    """seaborn's whitegrid style and paper context, for drawing and saving a figure."""
-    import seaborn as sns
-
-    with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.25):
-        yield
 
 
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
 
 
-def save(fig: Any, base: Path) -> list[Path]:
-    """Write ``base.png`` (PNG_DPI) and ``base.pdf`` atomically, without timestamps in the PDF."""
-    out = []
-    for ext, kw in (("png", {"dpi": PNG_DPI, "metadata": {"Software": None}}),
-                    ("pdf", {"metadata": {"CreationDate": None, "Creator": None, "Producer": None}})):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, **kw)
-        path = base.with_suffix(f".{ext}")
-        write_atomic(path, buf.getvalue())
-        out.append(path)
-    return out
 
 
-def palette(variants: list[str]) -> dict[str, Any]:
-    """One colour per method variant, the same in every figure: the six methods get fixed,
-    well-separated colours of seaborn's colorblind palette (JEI-DNN vermillion); variants of one
-    method and other methods take the palette's remaining colours in canonical order."""
-    import seaborn as sns
-
-    cb = sns.color_palette("colorblind", 10)
-    fixed = {"threshold": cb[0], "boosted": cb[9], "l2w": cb[2], "eenet": cb[1], "diffbranch": cb[4], "jei": cb[3]}
-    spare = [cb[i] for i in (7, 5, 8, 6)] + sns.color_palette("dark", 10)
-    out: dict[str, Any] = {}
-    n_spare = 0
-    for name in sorted(set(variants), key=method_rank):
-        base = name.split("[", 1)[0]
-        if base in fixed and fixed[base] not in out.values():
-            out[name] = fixed[base]
-        else:
-            out[name] = spare[n_spare % len(spare)]
-            n_spare += 1
-    return out
 
 
-MARKERS = ("o", "X", "s", "P", "D", "^", "v", "<", ">", "p", "h", "*")
 
 
-def marker_map(colours: dict[str, Any]) -> dict[str, str]:
-    """One marker per variant, in the order of :func:`palette` (the same in every figure)."""
-    return {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(colours)}
 
 
-def _method_legend(ax: Any, order: list[str], colours: dict[str, Any]) -> None:
-    """Legend right of ``ax``: line and marker per method (a method whose seeds share no budget
-    range shows as markers only), then the other labelled artists (backbone)."""
-    from matplotlib.lines import Line2D
-
-    marks = marker_map(colours)
-    handles = [Line2D([], [], color=colours[v], marker=marks[v], lw=1.6, markersize=6) for v in order]
-    labels = list(order)
-    for h, lab in zip(*ax.get_legend_handles_labels()):
-        if lab not in labels:
-            handles.append(h)
-            labels.append(lab)
-    if ax.get_legend() is not None:
-        ax.get_legend().remove()
-    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
 
 
 def _complete(long: pd.DataFrame, x: str, y: str, seeds: dict[str, int]) -> pd.DataFrame:
@@ -191,40 +128,16 @@ def per_exit(points: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def _legend_outside(ax: Any, title: str | None = None) -> None:
-    handles, labels = ax.get_legend_handles_labels()
-    if ax.get_legend() is not None:
-        ax.get_legend().remove()
-    if handles:
-        ax.legend(handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-                  fontsize="small")
 
 
-def _title(setting: pd.DataFrame) -> str:
-    first = setting.iloc[0]
-    seeds = setting.groupby("variant")["seed"].nunique()
-    s = f"{int(seeds.min())}" if seeds.min() == seeds.max() else f"{int(seeds.min())}–{int(seeds.max())}"
-    return f"{first['dataset']} / {first['backbone']} ({s} seed{'' if s == '1' else 's'})"
 
 
-def sd_band(upper: float = float("inf")) -> Any:
-    """A seaborn ``errorbar`` callable: mean ± sample std over seeds (as ``errorbar="sd"``), clipped
-    to [0, ``upper``], since every quantity plotted here (accuracy %, ECE %, set size, α̂) is
-    non-negative and the percentages stop at 100.
-
-    Returns:
-        a function of a 1-D array of per-seed values giving ``(low, high)``.
-    """
-    def band(values: Any) -> tuple[float, float]:
-        v = pd.Series(values, dtype=float)
-        mean, sd = v.mean(), v.std()
-        sd = 0.0 if np.isnan(sd) else sd
-        return max(0.0, mean - sd), min(upper, mean + sd)
-    return band
 
 
-def draw_accuracy(ax: Any, setting: pd.DataFrame, colours: dict[str, Any], legend: bool = True) -> None:
-    """Fig. 2 on ``ax``: budget curves (mean ± std band over seeds), points, backbone accuracy."""
+def draw_accuracy(ax: Any, setting: pd.DataFrame, colours: dict[str, Any], legend: bool = True,
+                  oracle: pd.DataFrame | None = None) -> None:
+    """Fig. 2 on ``ax``: budget curves (mean ± std band over seeds), points, backbone accuracy, and
+    the shared IM stage's oracle bound where ``oracle`` (:func:`~eebench.report.diagnostic_plots.oracle_curve`) is given."""
     import seaborn as sns
 
     seeds = setting.groupby("variant")["seed"].nunique().to_dict()
@@ -238,19 +151,20 @@ def draw_accuracy(ax: Any, setting: pd.DataFrame, colours: dict[str, Any], legen
                  errorbar=sd_band(100.0), linewidth=1.6, legend=False, ax=ax)
     bb = 100 * setting["backbone_accuracy"].mean()
     ax.axhline(bb, color="0.3", ls="--", lw=1, label="backbone")
+    draw_oracle(ax, oracle)
     lo = np.nanmin(curves["accuracy"]) if len(curves) else pts["acc"].min()
     ax.set_ylim(max(lo - 2, pts["acc"].min() - 1, 0), min(100, max(bb, pts["acc"].max()) + 1.5))
     ax.set_xlabel(f"budget: {COST_LABEL}")
     ax.set_ylabel("test accuracy of the point chosen on val (%)")
-    ax.set_title(_title(setting))
+    ax.set_title(setting_title(setting))
     if legend:
-        _method_legend(ax, order, colours)
+        method_legend(ax, order, colours)
 
 
-def fig_accuracy(setting: pd.DataFrame, colours: dict[str, Any]) -> Any:
+def fig_accuracy(setting: pd.DataFrame, colours: dict[str, Any], oracle: pd.DataFrame | None = None) -> Any:
     """Fig. 2 of one setting (its rows of the table, with ``variant``): a matplotlib Figure."""
-    fig = _figure(7.5, 4.5)
-    draw_accuracy(fig.subplots(), setting, colours)
+    fig = new_figure(7.5, 4.5)
+    draw_accuracy(fig.subplots(), setting, colours, oracle=oracle)
     return fig
 
 
@@ -266,7 +180,7 @@ def fig_exit_decomposition(setting: pd.DataFrame, colours: dict[str, Any]) -> An
     means = long.groupby(["variant", "exit"], as_index=False)[["share", "exit_accuracy", "im_accuracy"]].mean()
     overall = points.groupby("variant")[["accuracy", "cost"]].mean()
     max_share = float(means["share"].max()) or 1.0     # marker area ∝ share, the largest share largest
-    fig = _figure(13, 4.6)
+    fig = new_figure(13, 4.6)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, col, title in ((axes[0], "exit_accuracy", "(a) accuracy of IM l on the samples exiting at l"),
                            (axes[1], "im_accuracy", "(b) accuracy of IM l on all samples")):
@@ -287,7 +201,7 @@ def fig_exit_decomposition(setting: pd.DataFrame, colours: dict[str, Any]) -> An
     labels = [f"{lab} (cost {overall.loc[lab, 'cost']:.2f})" if lab in overall.index else
               {"share": "exit share", "variant": "method"}.get(lab, lab) for lab in labels]
     axes[1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
-    fig.suptitle(f"{_title(setting)}: point deployed at budget {FIG3_BUDGET:.2f} (chosen on val: most accurate "
+    fig.suptitle(f"{setting_title(setting)}: point deployed at budget {FIG3_BUDGET:.2f} (chosen on val: most accurate "
                  f"with val cost ≤ {FIG3_BUDGET:.2f})\nmarker area ∝ share of samples exiting at l; dotted: overall "
                  f"accuracy")
     return fig
@@ -300,19 +214,19 @@ def fig_ece_per_im(setting: pd.DataFrame, colours: dict[str, Any]) -> Any | None
 
     long = per_exit(chosen_points(setting))
     if not np.isfinite(long["im_ece"]).any():
-        log.warning("%s: the records have no im_ece (written before it existed); Fig. 4 skipped", _title(setting))
+        log.warning("%s: the records have no im_ece (written before it existed); Fig. 4 skipped", setting_title(setting))
         return None
     seeds = setting.groupby("variant")["seed"].nunique().to_dict()
     order = [v for v in colours if v in seeds]
-    fig = _figure(7.5, 4.5)
+    fig = new_figure(7.5, 4.5)
     ax = fig.subplots()
     sns.lineplot(data=long, x="exit", y="im_ece", hue="variant", hue_order=order, palette=colours,
                  errorbar=sd_band(100.0), marker="o", markersize=4, linewidth=1.4, ax=ax)
     ax.set_xlabel("exit l")
     ax.set_ylabel("ECE of IM l on all samples (%)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(f"{_title(setting)}\nat the deployed point of budget {FIG3_BUDGET:.2f}")
-    _legend_outside(ax)
+    ax.set_title(f"{setting_title(setting)}\nat the deployed point of budget {FIG3_BUDGET:.2f}")
+    legend_outside(ax)
     return fig
 
 
@@ -340,7 +254,7 @@ def fig_uncertainty(setting: pd.DataFrame, colours: dict[str, Any]) -> Any:
     order = [v for v in colours if v in seeds]
     curves = deployed_curves(setting, {"ece": 100.0, "inefficiency_at_95": 1.0})
     pts = setting.assign(ece_pct=100 * setting["ece"])
-    fig = _figure(17, 4.6)
+    fig = new_figure(17, 4.6)
     axes = fig.subplots(1, 3)
     for ax, col, pcol, ylabel, title in (
             (axes[0], "ece", "ece_pct", "ECE (%)", "(a) ECE vs cost"),
@@ -366,8 +280,8 @@ def fig_uncertainty(setting: pd.DataFrame, colours: dict[str, Any]) -> Any:
     ax.set_xlabel("requested α")
     ax.set_ylabel("empirical α̂ = 1 − coverage")
     ax.set_title("(c) α̂ vs α (mean over operating points)")
-    _legend_outside(ax)
-    fig.suptitle(f"{_title(setting)}\n(a), (b): the point deployed at each budget (chosen on val: most accurate "
+    legend_outside(ax)
+    fig.suptitle(f"{setting_title(setting)}\n(a), (b): the point deployed at each budget (chosen on val: most accurate "
                  f"with val cost ≤ budget); faint markers: every operating point")
     return fig
 
@@ -383,7 +297,7 @@ def fig_measured(setting: pd.DataFrame, colours: dict[str, Any]) -> Any:
     timed = timed.assign(ms=1000 * timed["measured_s_per_sample"], acc=100 * timed["accuracy"],
                          plain_ms=1000 * timed["measured_s_per_sample"] * timed["measured_speedup"])
     order = [v for v in colours if v in set(timed["variant"])]
-    fig = _figure(13, 4.6)
+    fig = new_figure(13, 4.6)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, x, label in ((axes[0], "cost", f"{COST_LABEL}"), (axes[1], "ms", "measured time per sample (ms)")):
         sns.lineplot(data=timed.sort_values(x), x=x, y="acc", hue="variant", hue_order=order, palette=colours,
@@ -397,22 +311,22 @@ def fig_measured(setting: pd.DataFrame, colours: dict[str, Any]) -> Any:
     axes[0].set_title("(a) against the counted cost")
     axes[1].set_title(f"(b) against the measured time ({first['latency_device']}, batch "
                       f"{int(first['latency_batch_size'])}; dotted: plain backbone)")
-    _method_legend(axes[1], order, colours)
-    fig.suptitle(f"{_title(setting)}: the operating points timed by eebench latency (dashed: backbone accuracy)")
+    method_legend(axes[1], order, colours)
+    fig.suptitle(f"{setting_title(setting)}: the operating points timed by eebench latency (dashed: backbone accuracy)")
     return fig
 
 
-def fig_accuracy_all(df: pd.DataFrame, colours: dict[str, Any]) -> Any:
+def fig_accuracy_all(df: pd.DataFrame, colours: dict[str, Any], oracles: dict[tuple, Any] | None = None) -> Any:
     """Fig. 2 of every setting side by side, one shared legend."""
     settings = list(df.groupby(["dataset", "backbone"], sort=True))
     n = len(settings)
-    fig = _figure(5.2 * n + 2.2, 4.4)
+    fig = new_figure(5.2 * n + 2.2, 4.4)
     axes = np.atleast_1d(fig.subplots(1, n))
-    for i, (ax, (_, setting)) in enumerate(zip(axes, settings)):
-        draw_accuracy(ax, setting, colours, legend=False)
+    for i, (ax, (key, setting)) in enumerate(zip(axes, settings)):
+        draw_accuracy(ax, setting, colours, legend=False, oracle=(oracles or {}).get(key))
         if i:
             ax.set_ylabel("")
-    _method_legend(axes[-1], list(colours), colours)     # every method of every setting
+    method_legend(axes[-1], list(colours), colours)     # every method of every setting
     return fig
 
 
@@ -423,12 +337,14 @@ def setting_dir(out_dir: Path, dataset: str, backbone: str) -> Path:
     return Path(out_dir) / f"{slug(dataset)}_{slug(backbone)}"
 
 
-def plot_all(df: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Every figure of the module doc for every setting of the table.
+def plot_all(df: pd.DataFrame, out_dir: Path, samples: pd.DataFrame | None = None) -> list[Path]:
+    """Every figure of the module doc for every setting of the table, and those of
+    :mod:`eebench.report.diagnostic_plots` where the samples table is given.
 
     Args:
         df: the operating-point table (:func:`eebench.report.table.read_table`).
         out_dir: root folder; figures go to ``out_dir/<dataset>_<backbone>/<figure>.{png,pdf}``.
+        samples: the samples table (:func:`eebench.report.table.read_samples`), or None.
 
     Returns:
         the paths written.
@@ -436,15 +352,18 @@ def plot_all(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     df = df.assign(variant=variant_names(df))
     colours = palette(df["variant"].tolist())
     written: list[Path] = []
+    oracles = {}
     for (ds, bb), setting in df.groupby(["dataset", "backbone"], sort=True):
         folder = setting_dir(out_dir, ds, bb)
-        for name, make in (("fig2_accuracy_vs_cost", fig_accuracy), ("fig3_exit_decomposition", fig_exit_decomposition),
-                           ("fig4_ece_per_im", fig_ece_per_im), ("fig5_uncertainty", fig_uncertainty),
-                           ("fig6_measured_time", fig_measured)):
-            with _style():
+        oracles[(ds, bb)] = oracle_curve(setting, samples)
+        for name, make in (("fig2_accuracy_vs_cost", lambda s, c: fig_accuracy(s, c, oracles[(ds, bb)])),
+                           ("fig3_exit_decomposition", fig_exit_decomposition), ("fig4_ece_per_im", fig_ece_per_im),
+                           ("fig5_uncertainty", fig_uncertainty), ("fig6_measured_time", fig_measured),
+                           ("fig7_risk_coverage", lambda s, c: fig_risk_coverage(s, samples, c))):
+            with style():
                 fig = make(setting, colours)
                 if fig is not None:
                     written += save(fig, folder / name)
-    with _style():
-        written += save(fig_accuracy_all(df, colours), Path(out_dir) / "fig2_accuracy_vs_cost_all")
+    with style():
+        written += save(fig_accuracy_all(df, colours, oracles), Path(out_dir) / "fig2_accuracy_vs_cost_all")
     return written

@@ -122,7 +122,7 @@ def plan(setting: str, methods: list[str] | None = None, seeds: list[int] | None
     registry = load_methods()
     wanted = {registry.canonical(m) for m in methods} if methods else None
     df = tables.read_table(table)
-    samples = tables.read_samples(Path(table).parent / tables.SAMPLES_NAME)
+    samples = tables.read_samples(Path(table).parent)
     committed_ids = set(df["run_id"])
     configs = [c for c in expand(grid) if c.run_id in committed_ids
                and (wanted is None or c.method in wanted) and (seeds is None or c.seed in seeds)]

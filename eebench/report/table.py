@@ -4,21 +4,29 @@
 (``dataset``, ``backbone``, ``method``, ``seed``, ``run_id``, ``point``), the point's setting
 (``setting`` as JSON and one ``p_setting_<knob>`` column per knob), its metrics on ``test``
 (``accuracy``, ``cost``, ``muladds``, ``ece``, ``ece_mass``, ``inefficiency_at_95``) and on the
-selection split (``val_accuracy``, ``val_cost``, ``val_ece``), the per-exit arrays as list columns
-(``exit_shares``, ``exit_accuracy``, ``im_accuracy``, ``im_ece``, ``conformal_alpha``,
+selection split (``val_accuracy``, ``val_cost``, ``val_ece``), failure prediction (``auroc``,
+``aurc``, ``e_aurc``), the per-exit arrays as list columns (``exit_shares``, ``exit_accuracy``,
+``im_accuracy``, ``im_ece``, ``im_auroc``, ``im_aurc``, ``conformal_alpha``,
 ``conformal_inefficiency``, ``conformal_coverage``), the run's parameters (``p_method_<param>``,
 ``p_dataset_<param>``, ``p_im_<param>``, in the manner of benchopt), the backbone's figures and
 identity (``backbone_accuracy``, ``backbone_muladds``, ``num_exits``, ``exit_costs``,
 ``weights_sha256``, ``weights_source``, ...), the test split's identity (``n_test``,
 ``test_sha256``) and provenance (``git_revision``, ``created``, ``device``, ``version_<package>``).
 
-``samples.parquet``, beside it, holds the per-sample arrays the uncertainty of the leaderboard
-needs (:mod:`eebench.report.bootstrap`), for the points the leaderboard deploys only: one row per
-(``run_id``, ``point``) with the test samples' ``exit`` (0-based), ``correct``, ``confidence``
-(240 levels aligned with the ECE bins, :func:`quantise_confidence`) and conformal ``set_size`` at
-α = 0.05; and one row per run with ``point`` = −1 and ``auc_score``, each sample's correctness
-weighted by the share of budgets at which each point is deployed (255 levels). They serve only the
-standard errors; every mean is computed from the exact figures of the operating-point table.
+``samples_<dataset>_<backbone>.parquet``, beside it (one file per setting, so that each stays small),
+holds the per-sample arrays of the test samples that the uncertainty of the leaderboard
+(:mod:`eebench.report.bootstrap`) and the diagnostics (:mod:`eebench.report.diagnostics`) need, for
+the points the leaderboard deploys only: one row per (``run_id``, ``point``) with the samples'
+``exit`` (0-based), ``correct``, ``confidence`` (240 levels aligned with the ECE bins,
+:func:`quantise_confidence`), conformal ``set_size`` at α = 0.05 and ``exit_set``, the set of exit
+answers the point answers with; one row per run with ``point`` = −1 and ``auc_score``, each sample's
+correctness weighted by the share of budgets at which each point is deployed (255 levels); and one
+row per set of exit answers a deployed point uses, ``point`` = −2 − s for set s, with
+``exit_correct``, one integer per sample whose bit k says whether exit k answers it correctly
+(:func:`correct_bits`), and, for the runs of the shared IM stage (:data:`STAGE_METHOD`: the
+threshold baseline trains nothing on top of it), ``exit_confidence``, every exit's confidence
+(``[K·N]``, exit-major, 240 levels). They serve the standard errors and the oracle, overthinking and
+per-exit figures; every other mean is computed from the exact figures of the operating-point table.
 
 Both tables are written atomically as zstd-compressed parquet, tagged with :data:`TABLE_VERSION`;
 reports and figures compute from the tables as read back, so a report from run records and one
@@ -42,12 +50,13 @@ from eebench.records import LATENCY_FILE, write_atomic
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "operating_points.parquet"
-SAMPLES_NAME = "samples.parquet"
-TABLE_VERSION = "2"
+#: The samples tables, one per setting: ``samples_<dataset>_<backbone>.parquet``.
+SAMPLES_GLOB = "samples_*.parquet"
+TABLE_VERSION = "3"
 #: Canonical order of methods in tables and legends; others follow alphabetically.
 METHOD_ORDER: tuple[str, ...] = ("threshold", "boosted", "l2w", "eenet", "diffbranch", "jei")
 #: List columns of one entry per exit ([K]).
-PER_EXIT_COLUMNS: tuple[str, ...] = ("exit_shares", "exit_accuracy", "im_accuracy", "im_ece")
+PER_EXIT_COLUMNS: tuple[str, ...] = ("exit_shares", "exit_accuracy", "im_accuracy", "im_ece", "im_auroc", "im_aurc")
 #: List columns of one entry per requested α ([10]).
 CONFORMAL_COLUMNS: tuple[str, ...] = ("conformal_alpha", "conformal_inefficiency", "conformal_coverage")
 KEY_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "method", "seed", "run_id", "point")
@@ -71,6 +80,42 @@ def dequantise_confidence(levels: np.ndarray) -> np.ndarray:
     """The middle of each level's interval ((q − 1)/240, q/240] (0 for level 0)."""
     q = np.asarray(levels, np.float64)
     return np.clip(q - 0.5, 0.0, None) / CONFIDENCE_LEVELS
+
+
+#: The method whose exits are the shared IM stage's, unchanged.
+STAGE_METHOD = "threshold"
+#: Most exits a bitmask of correct exits holds (int64, sign bit left alone).
+MAX_EXITS = 62
+
+
+def correct_bits(exit_correct: np.ndarray) -> np.ndarray:
+    """Per sample, the exits that answer correctly as one integer: bit k set ⇔ exit k (0-based).
+
+    Args:
+        exit_correct: ``[K, N]`` bool.
+
+    Returns:
+        ``[N]`` int64.
+
+    Raises:
+        ValueError: K > :data:`MAX_EXITS`.
+    """
+    ok = np.asarray(exit_correct, dtype=bool)
+    if ok.shape[0] > MAX_EXITS:
+        raise ValueError(f"{ok.shape[0]} exits: at most {MAX_EXITS} fit the per-sample bitmask")
+    return (ok.astype(np.int64) << np.arange(ok.shape[0], dtype=np.int64)[:, None]).sum(0)
+
+
+def exit_correct(bits: np.ndarray, num_exits: int) -> np.ndarray:
+    """The inverse of :func:`correct_bits`: ``[K, N]`` bool."""
+    b = np.asarray(bits, dtype=np.int64)
+    return ((b[None, :] >> np.arange(num_exits, dtype=np.int64)[:, None]) & 1).astype(bool)
+
+
+def first_correct(bits: np.ndarray, num_exits: int) -> np.ndarray:
+    """``[N]`` the first exit (0-based) that answers each sample correctly; −1 where none does."""
+    ok = exit_correct(bits, num_exits)
+    return np.where(ok.any(0), ok.argmax(0), -1)
 
 
 def method_rank(name: str) -> tuple[int, str]:
@@ -159,6 +204,7 @@ def record_rows(record: dict[str, Any], path: Path | str = "record") -> list[dic
                 "val_accuracy": _float(p.get("val", {}).get("accuracy")),
                 "val_cost": _float(p.get("val", {}).get("cost")),
                 "val_ece": _float(p.get("val", {}).get("ece")),
+                "auroc": _float(p.get("auroc")), "aurc": _float(p.get("aurc")), "e_aurc": _float(p.get("e_aurc")),
                 **{c: _floats(p.get(c), K) for c in PER_EXIT_COLUMNS},
                 "conformal_alpha": _floats(conf.get("alpha"), 0),
                 "conformal_inefficiency": _floats(conf.get("inefficiency"), n_alpha),
@@ -287,39 +333,77 @@ def read_table(path: Path) -> pd.DataFrame:
     return df
 
 
+def samples_name(dataset: str, backbone: str) -> str:
+    """The file name of a setting's samples table."""
+    from eebench.paths import slug
+
+    return f"samples_{slug(dataset)}_{slug(backbone)}.parquet"
+
+
+#: Arrays a run's ``samples.npz`` must hold for the samples table.
+SAMPLE_ARRAYS = ("labels", "exit_index", "prediction", "confidence", "set_size", "exit_prediction",
+                 "exit_confidence", "exit_set")
+SAMPLE_COLUMNS = ("run_id", "point", "exit", "correct", "set_size", "confidence", "auc_score", "exit_set",
+                  "exit_correct", "exit_confidence")
+
+
+def _run_arrays(folders: dict[str, Path], run_ids: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Each run's ``samples.npz`` arrays.
+
+    Raises:
+        UsageError: runs whose file is missing, unreadable or lacks an array (written before this
+            version), all named in one line with how to regenerate them.
+    """
+    out, lacking = {}, []
+    for run_id in run_ids:
+        try:
+            with np.load(folders[run_id] / "samples.npz") as z:
+                out[run_id] = {k: z[k] for k in SAMPLE_ARRAYS}
+        except (OSError, KeyError, ValueError):
+            lacking.append(run_id)
+    if lacking:
+        more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+        raise UsageError(f"{len(lacking)} run(s) lack the per-sample arrays of this version (every exit's answers): "
+                         f"{', '.join(lacking[:3])}{more} (in {folders[lacking[0]].parent}); regenerate them: remove "
+                         f"those run folders and run their sweep again (eebench sweep GRID --out ...), which re-runs "
+                         f"only the runs without a record")
+    return out
+
+
 def sample_payloads(folders: dict[str, Path], plan: dict[str, dict[str, Any]], table: pd.DataFrame) -> pd.DataFrame:
-    """The ``samples.parquet`` table for the points a report deploys (see module doc).
+    """The samples table for the points a report deploys (see module doc).
 
     Args:
         folders: run id → its folder (``samples.npz`` inside), from :func:`collect`.
         plan: run id → ``{"points": [point indices], "auc": {point: share of budgets}}``.
-        table: the operating-point table (for each run's exit costs).
+        table: the operating-point table (each run's method).
 
     Raises:
-        UsageError: a run's ``samples.npz`` is missing, unreadable or lacks ``set_size`` (written
-            before this version: re-run that configuration).
+        UsageError: see :func:`_run_arrays`.
     """
+    method = table.drop_duplicates("run_id").set_index("run_id")["method"]
+    arrays_of = _run_arrays(folders, sorted(plan))
     rows = []
     for run_id in sorted(plan):
-        path = folders[run_id] / "samples.npz"
-        try:
-            with np.load(path) as z:
-                arrays = {k: z[k] for k in ("labels", "exit_index", "prediction", "confidence", "set_size")}
-        except (OSError, KeyError, ValueError) as e:
-            raise UsageError(f"{path}: cannot read the per-sample arrays ({type(e).__name__}: {e}); "
-                             f"re-run that configuration") from None
+        arrays = arrays_of[run_id]
         correct = arrays["prediction"] == arrays["labels"][None, :]
-        for p in sorted(set(plan[run_id]["points"])):
+        points = sorted(set(plan[run_id]["points"]))
+        for p in points:
             rows.append({"run_id": run_id, "point": int(p), "exit": arrays["exit_index"][p].astype(np.int8),
                          "correct": correct[p], "set_size": arrays["set_size"][p].astype(np.int16),
                          "confidence": quantise_confidence(arrays["confidence"][p]),
-                         "auc_score": None})
+                         "exit_set": int(arrays["exit_set"][p])})
         auc = plan[run_id].get("auc") or {}
         if auc:
             score = sum(w * correct[p] for p, w in auc.items())
-            rows.append({"run_id": run_id, "point": -1, "exit": None, "correct": None, "set_size": None,
-                         "confidence": None, "auc_score": np.rint(score * SCORE_LEVELS).astype(np.uint8)})
-    return pd.DataFrame(rows, columns=["run_id", "point", "exit", "correct", "set_size", "confidence", "auc_score"])
+            rows.append({"run_id": run_id, "point": -1, "auc_score": np.rint(score * SCORE_LEVELS).astype(np.uint8)})
+        for e in sorted({int(arrays["exit_set"][p]) for p in points}):
+            ok = arrays["exit_prediction"][e] == arrays["labels"][None, :]            # [K, N]
+            conf = quantise_confidence(arrays["exit_confidence"][e]).reshape(-1) if method[run_id] == STAGE_METHOD \
+                else None
+            rows.append({"run_id": run_id, "point": -2 - e, "exit_set": e, "exit_correct": correct_bits(ok),
+                         "exit_confidence": conf})
+    return pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS)).astype({"point": int, "exit_set": "Int64"})
 
 
 def _write_parquet(table: Any, path: Path) -> None:
@@ -331,29 +415,57 @@ def _write_parquet(table: Any, path: Path) -> None:
     write_atomic(Path(path), buf.getvalue())
 
 
-def write_samples(df: pd.DataFrame, path: Path) -> None:
-    """Write the ``samples.parquet`` table atomically (lists as int8 / bool / int16 / uint8)."""
+def write_samples(df: pd.DataFrame, table: pd.DataFrame, folder: Path) -> list[Path]:
+    """Write the samples table as one file per setting (:func:`samples_name`) under ``folder``,
+    atomically (lists as int8 / bool / int16 / uint8 / int64), and remove the samples files of
+    settings that are no longer in ``table``.
+
+    Returns:
+        the paths written.
+    """
     import pyarrow as pa
 
     schema = pa.schema([("run_id", pa.string()), ("point", pa.int32()), ("exit", pa.list_(pa.int8())),
                         ("correct", pa.list_(pa.bool_())), ("set_size", pa.list_(pa.int16())),
-                        ("confidence", pa.list_(pa.uint8())), ("auc_score", pa.list_(pa.uint8()))])
-    cols = {c: [None if v is None else (v.tolist() if isinstance(v, np.ndarray) else v) for v in df[c]]
-            for c in schema.names}
-    _write_parquet(pa.Table.from_pydict(cols, schema=schema), path)
+                        ("confidence", pa.list_(pa.uint8())), ("auc_score", pa.list_(pa.uint8())),
+                        ("exit_set", pa.int16()), ("exit_correct", pa.list_(pa.int64())),
+                        ("exit_confidence", pa.list_(pa.uint8()))])
+    folder = Path(folder)
+    runs = table.drop_duplicates("run_id").set_index("run_id")[["dataset", "backbone"]]
+    setting = df["run_id"].map(lambda r: samples_name(*runs.loc[r])) if len(df) else pd.Series([], dtype=object)
+    written = []
+    for name in sorted({samples_name(d, b) for d, b in runs.itertuples(index=False)}):
+        part = df[setting == name]
+        cols = {c: [_plain(v) for v in part[c]] for c in schema.names}
+        _write_parquet(pa.Table.from_pydict(cols, schema=schema), folder / name)
+        written.append(folder / name)
+    for stale in set(folder.glob(SAMPLES_GLOB)) - set(written):
+        stale.unlink()
+    return written
 
 
-def read_samples(path: Path) -> pd.DataFrame | None:
-    """Read a ``samples.parquet`` table; None (with a warning) when there is none.
+def _plain(v: Any) -> Any:
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def read_samples(folder: Path) -> pd.DataFrame | None:
+    """Read the samples tables of a folder (every ``samples_*.parquet``, one per setting); None (with
+    a warning) when there is none.
 
     Raises:
-        UsageError: the file is not an eebench samples table of this version.
+        UsageError: a file that is not an eebench samples table of this version.
     """
-    if not Path(path).exists():
-        log.warning("%s is missing: the leaderboard's standard errors and ties are left empty", path)
+    paths = sorted(Path(folder).glob(SAMPLES_GLOB))
+    if not paths:
+        log.warning("no %s in %s: the leaderboard's standard errors, ties and diagnostics are left empty",
+                    SAMPLES_GLOB, folder)
         return None
-    df = _read_parquet(path, "samples")
-    for c in ("exit", "correct", "set_size", "confidence", "auc_score"):
+    df = pd.concat([_read_parquet(p, "samples") for p in paths], ignore_index=True)
+    for c in ("exit", "correct", "set_size", "confidence", "auc_score", "exit_correct", "exit_confidence"):
         df[c] = df[c].map(lambda a: None if a is None else np.asarray(a))
     return df
 

@@ -7,7 +7,10 @@ For every setting of ``results/operating_points.parquet`` (with ``samples.parque
    bootstrap 95 % interval: "holds" (interval above 0), "refuted" (below 0) or "not separable";
 2. JEI-DNN better calibrated: the same for ECE (lower is better) against every other method;
 3. conformal coverage ≥ 1 − α: the test coverage at α = 0.05 and 0.10 of every method's
-   val-selected points (mean over budgets and seeds), against 1 − α less its binomial se.
+   val-selected points (mean over budgets and seeds), against 1 − α less its binomial se;
+4. failure prediction tracks early-exit accuracy better than calibration (arXiv 2508.21495): at
+   each budget, Spearman's rank correlation over the method variants of a setting between the
+   accuracy of the deployed point and its AUROC, −AURC and −ECE (1: the same ranking).
 
 ::
 
@@ -21,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from scipy.stats import spearmanr
+
 from eebench.report import bootstrap, table
-from eebench.report.leaderboard import ReportOptions, _replicates, _Samples, choices, variant_names
+from eebench.report.diagnostics import SampleArrays
+from eebench.report.leaderboard import ReportOptions, _replicates, choices, leaderboard, variant_names
 
 ORDER = ("jei", "l2w", "boosted", "threshold")
 
@@ -45,7 +51,7 @@ def main() -> None:
     picked = choices(df, options)
     for (ds, bb), setting in df.groupby(["dataset", "backbone"], sort=True):
         weights = bootstrap.resample_weights(int(setting["n_test"].iloc[0]), options.replicates, f"{ds}/{bb}")
-        data = _Samples(samples, {r: np.asarray(g["exit_costs"].iloc[0], float) for r, g in setting.groupby("run_id")})
+        data = SampleArrays(samples, setting)
         runs = {v: sorted(g["run_id"].unique()) for v, g in setting.groupby("variant")}
         jei = "jei[im_loss=uniform]" if "jei[im_loss=uniform]" in runs else "jei"
         names = {"jei": jei, **{m: m for m in ORDER[1:]}}
@@ -95,6 +101,19 @@ def main() -> None:
                 ok = mean >= 1 - alpha - math.sqrt(alpha * (1 - alpha) / n)
                 cells.append(f"{variant} {mean:.3f}{'' if ok else ' (below)'}")
             print(f"coverage at α = {alpha:.2f} (target {1 - alpha:.2f}): " + "; ".join(cells))
+        board = leaderboard(setting.drop(columns="variant"), samples, options)
+        for b in budgets:
+            label = f"{b:.2f}"
+            ok = board[f"accuracy_at_{label}_mean"].notna() & board[f"auroc_at_{label}_mean"].notna()
+            part = board[ok]
+            if len(part) < 3:
+                print(f"ranking @{label}: fewer than 3 variants with a point")
+                continue
+            acc = part[f"accuracy_at_{label}_mean"]
+            rho = {name: spearmanr(acc, sign * part[f"{col}_at_{label}_mean"]).statistic
+                   for name, col, sign in (("AUROC", "auroc", 1), ("−AURC", "aurc", -1), ("−ECE", "ece", -1))}
+            print(f"ranking @{label} ({len(part)} variants), Spearman ρ with accuracy: "
+                  + ", ".join(f"{k} {v:+.2f}" for k, v in rho.items()))
 
 
 if __name__ == "__main__":

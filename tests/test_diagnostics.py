@@ -122,3 +122,24 @@ def test_runs_without_every_exits_answers_are_named(cli, tmp_path):
     status, _, err = cli("report", tmp_path / "runs", "--out", tmp_path / "results")
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert "1 run(s) lack the per-sample arrays" in err and npz.parent.name in err and "eebench sweep" in err
+
+
+def test_shot_groups_and_accuracies_of_a_long_tail():
+    """CIFAR-10-LT's train counts (ρ = 100): classes 0–7 have > 100 images (many), 8 and 9 have 83
+    and 50 (medium), none < 20 (few: empty, so its figure is undefined). On 6 test samples of
+    classes 0, 0, 8, 9, 9, 3 with correctness 1, 0, 1, 0, 0, 1: many 2/3, medium 1/3."""
+    counts = np.array([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50])
+    groups = diagnostics.shot_groups(counts)
+    assert groups["many_shot_accuracy"].tolist() == list(range(8))
+    assert groups["medium_shot_accuracy"].tolist() == [8, 9] and groups["few_shot_accuracy"].size == 0
+    setting = pd.DataFrame({"run_id": ["r"], "exit_costs": [np.array([0.5, 1.0])], "train_class_counts": [counts]})
+    samples = pd.DataFrame([
+        {"run_id": "r", "point": 0, "correct": np.array([1, 0, 1, 0, 0, 1], bool), "exit_set": 0},
+        {"run_id": "r", "point": -2, "exit_set": 0, "labels": np.array([0, 0, 8, 9, 9, 3]),
+         "exit_correct": np.zeros(6, np.int64)}])
+    arrays = diagnostics.SampleArrays(samples, setting)
+    assert diagnostics.sample_figure("many_shot_accuracy", arrays, "r", 0, 0.5, math.nan) == pytest.approx(200 / 3)
+    assert diagnostics.sample_figure("medium_shot_accuracy", arrays, "r", 0, 0.5, math.nan) == pytest.approx(100 / 3)
+    assert math.isnan(diagnostics.sample_figure("few_shot_accuracy", arrays, "r", 0, 0.5, math.nan))
+    reps = diagnostics.sample_replicates("many_shot_accuracy", np.full((2, 6), 1 / 6), arrays, [("r", 0)], [0.5], None)
+    np.testing.assert_allclose(reps, 200 / 3)

@@ -125,7 +125,7 @@ def test_flipped_bytes_in_a_trained_checkpoint_are_caught(cli, tmp_path, session
     other = ["--set", "recipe.epochs=3"]     # not the shipped recipe: trained here on first use
     assert cli("run", "--method", "threshold", *other, "--out", tmp_path / "a")[0] == 0
     record = read_record(tmp_path / "a")
-    ckpt = Path(record["backbone"]["weights"]["source"].removeprefix("trained here: ").split(" (")[0])
+    ckpt = Path(record["backbone"]["weights"]["source"].removeprefix("trained here: ").split("; recipe")[0].split(" (")[0])
     with _flipped(ckpt):   # the checkpoint is loaded (and checked) before the feature cache is read
         status, _, err = cli("run", "--method", "eenet", *other, "--out", tmp_path / "b")
     line = _one_line(err)

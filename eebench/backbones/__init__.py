@@ -73,6 +73,9 @@ class BackboneSpec:
             size and channels), between ``recipe`` and ``dataset_recipes``.
         shipped: per dataset, the trained weights that ship with eebench (:class:`ShippedWeights`),
             used in place of training for the splits and recipe they were made with.
+        trained_by_default: datasets whose ``weights: auto`` is the checkpoint trained here (by its
+            ``dataset_recipes`` entry, e.g. a fine-tune of the published weights) even though the
+            published checkpoint was trained on them.
     """
 
     name: str
@@ -88,6 +91,7 @@ class BackboneSpec:
     generic: bool = False
     recipe_for: Callable[[Any, bool | None], dict[str, Any]] | None = None
     shipped: dict[str, ShippedWeights] = field(default_factory=dict)
+    trained_by_default: tuple[str, ...] = ()
 
     @property
     def timm_name(self) -> str:
@@ -171,5 +175,7 @@ def _from_hub(model_name: str) -> bool:
 
 def default_weights(name: str, dataset: str) -> str:
     """``weights: auto`` → "published" when the backbone's published checkpoint was trained on
-    ``dataset``, else "trained" (a checkpoint trained here by ``eebench backbone train``)."""
-    return "published" if BACKBONES.get(name).pretrained_on == dataset else "trained"
+    ``dataset`` (unless the backbone trains its own there by default, ``trained_by_default``), else
+    "trained" (a checkpoint trained here by ``eebench backbone train``)."""
+    spec = BACKBONES.get(name)
+    return "published" if spec.pretrained_on == dataset and dataset not in spec.trained_by_default else "trained"

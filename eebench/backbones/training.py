@@ -156,6 +156,17 @@ def full_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     return {**RECIPE_DEFAULTS, **recipe}
 
 
+def describe_recipe(recipe: dict[str, Any]) -> str:
+    """One line naming how weights were made: the start (scratch, or the published weights), the
+    optimiser, learning rate, weight decay, epochs (warm-up), batch and augmentation, e.g.
+    "fine-tune of the published weights, sgd lr 0.01 wd 0.0001, 10 epochs, batch 128, crop_flip"."""
+    r = full_recipe(recipe)
+    start = "fine-tune of the published weights" if r["init"] == "pretrained" else "from scratch"
+    warm = f" ({r['warmup_epochs']} warm-up)" if r["warmup_epochs"] else ""
+    return (f"{start}, {r['optimizer']} lr {r['lr']:g} wd {r['weight_decay']:g}, {r['epochs']} epochs{warm}, "
+            f"batch {r['batch_size']}, {r['augment']}")
+
+
 def recipe_key(recipe: dict[str, Any]) -> str:
     """A content hash of a full recipe: a trained checkpoint's identity beside (backbone, data)."""
     blob = json.dumps(full_recipe(recipe), sort_keys=True, default=str)

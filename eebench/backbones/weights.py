@@ -89,7 +89,7 @@ def load_backbone(name: str, splits: Any, weights_dir: Path | None, cache_dir: P
                                                                          if default.get(k) != v})
     model = backbone_training.load_trained(spec.name, splits, cache_dir, recipe)
     note = "" if backbone_training.is_complete(ckpt.parent) else " (partial schedule: see its meta.json)"
-    return model.eval(), f"trained here: {ckpt}{note}"
+    return model.eval(), f"trained here: {ckpt}{note}; recipe {backbone_training.describe_recipe(recipe)}"
 
 
 def shipped_for(spec: BackboneSpec, splits: Any, recipe: dict[str, Any]) -> ShippedWeights | None:

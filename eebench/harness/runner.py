@@ -245,6 +245,7 @@ def _fit_and_record(config: RunConfig, options: RunOptions, method: Any, prep: P
                      "num_exits": prep.costs.num_exits, "im_dims": prep.adapter.im_dims,
                      "muladds": prep.costs.backbone_muladds, "cost_profile": prep.costs.to_dict()},
         "num_classes": C,
+        "train_class_counts": np.bincount(f["train"].labels.numpy(), minlength=C).tolist(),
         "splits": {**prep.splits.describe(), **split_info},
         "features": {"key": prep.key, "reused": prep.reused, "device": prep.feature_device},
         "ims": {"start": "shared IM stage" if stage.info else "trained by the method", "stage": stage.info},

@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 
 from eebench.report import bootstrap
-from eebench.report.table import (CONFIDENCE_LEVELS, STAGE_METHOD, correct_bits, dequantise_confidence, exit_correct,
-                                  first_correct)
+from eebench.report.table import (CONFIDENCE_LEVELS, SCORE_LEVELS, STAGE_METHOD, correct_bits, dequantise_confidence,
+                                  exit_correct, first_correct)
 
-__all__ = ["STAGE_METHOD", "correct_bits", "exit_correct", "first_correct", "oracle_accuracy", "replicate_oracle",
+__all__ = ["SampleArrays", "sample_figure", "sample_replicates", "shot_groups", "STAGE_METHOD", "correct_bits", "exit_correct", "first_correct", "oracle_accuracy", "replicate_oracle",
            "overthinking", "exit_table", "overthinking_table"]
 
 def _moves(first: np.ndarray, exit_costs: np.ndarray, budget: float) -> tuple[np.ndarray, np.ndarray, float] | None:
@@ -110,6 +110,110 @@ def overthinking(bits: np.ndarray, exit_costs: np.ndarray, weights: np.ndarray |
         return {k: float(np.mean(v)) for k, v in values.items()}
     w = np.asarray(weights, dtype=np.float64)
     return {k: w @ v.astype(np.float64) for k, v in values.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# per-budget figures of the leaderboard read off the per-sample arrays
+
+#: The oracle bound and its headroom over the deployed point (%), for every setting.
+EXIT_FIGURES: tuple[str, ...] = ("oracle_accuracy", "headroom")
+#: Accuracy of the deployed point on the classes with many (> 100), a medium number (20–100) and few
+#: (< 20) train images (%; Liu et al., CVPR 2019, "Large-Scale Long-Tailed Recognition in an Open
+#: World", §5), for long-tailed settings.
+SHOT_FIGURES: tuple[str, ...] = ("many_shot_accuracy", "medium_shot_accuracy", "few_shot_accuracy")
+SAMPLE_FIGURES: tuple[str, ...] = EXIT_FIGURES + SHOT_FIGURES
+MANY_SHOT, FEW_SHOT = 100, 20
+
+
+class SampleArrays:
+    """The samples table's per-sample arrays of one setting, by (run id, point), with each run's exit
+    costs and train class counts (from its rows of the operating-point table ``setting``)."""
+
+    def __init__(self, samples: pd.DataFrame | None, setting: pd.DataFrame):
+        self.rows = {} if samples is None else {(r.run_id, int(r.point)): r for r in samples.itertuples(index=False)}
+        runs = setting.drop_duplicates("run_id").set_index("run_id")
+        self.exit_costs = {r: np.asarray(c, float) for r, c in runs["exit_costs"].items()}
+        self.class_counts = ({r: np.asarray(c, float) for r, c in runs["train_class_counts"].items()}
+                             if "train_class_counts" in runs else {})
+
+    def get(self, run_id: str, point: int, what: str) -> np.ndarray | None:
+        r = self.rows.get((run_id, point))
+        if r is None or (point < 0 and what != "auc"):          # −1: no point deployed (or the AUC row)
+            return None
+        if what == "auc":
+            return r.auc_score.astype(np.float64) / SCORE_LEVELS
+        if what == "first_correct":                             # of the exits the point answers with
+            s = getattr(r, "exit_set", None)
+            exits = None if s is None or pd.isna(s) else self.rows.get((run_id, -2 - int(s)))
+            K = len(self.exit_costs[run_id])
+            return None if exits is None else first_correct(exits.exit_correct, K)
+        if what == "labels":                                    # the test labels, kept with the exits
+            s = getattr(r, "exit_set", None)
+            exits = None if s is None or pd.isna(s) else self.rows.get((run_id, -2 - int(s)))
+            return None if exits is None or getattr(exits, "labels", None) is None else exits.labels
+        if what == "levels":
+            return r.confidence
+        if what == "cost":
+            return self.exit_costs[run_id][r.exit.astype(int)]
+        if what == "confidence":
+            return dequantise_confidence(r.confidence)
+        return getattr(r, what).astype(np.float64)
+
+
+
+def shot_groups(class_counts: np.ndarray) -> dict[str, np.ndarray]:
+    """The classes of each shot group by their train counts: many > 100, medium 20–100, few < 20."""
+    c = np.asarray(class_counts, float)
+    return {"many_shot_accuracy": np.flatnonzero(c > MANY_SHOT),
+            "medium_shot_accuracy": np.flatnonzero((c >= FEW_SHOT) & (c <= MANY_SHOT)),
+            "few_shot_accuracy": np.flatnonzero(c < FEW_SHOT)}
+
+
+def _shot_mask(samples: SampleArrays, run_id: str, point: int, figure: str) -> np.ndarray | None:
+    labels = samples.get(run_id, point, "labels")
+    counts = samples.class_counts.get(run_id)
+    if labels is None or counts is None or not np.isfinite(counts).all():
+        return None
+    mask = np.isin(labels, shot_groups(counts)[figure])
+    return mask if mask.any() else None
+
+
+def sample_figure(figure: str, samples: SampleArrays, run_id: str, point: int, budget: float, accuracy: float) -> float:
+    """One run's :data:`SAMPLE_FIGURES` figure at budget B for its deployed ``point`` (%; NaN where
+    undefined: no point, no per-sample arrays, B below the first exit's cost, an empty shot group).
+    ``accuracy``: the point's test accuracy (%), for the headroom."""
+    if point < 0:
+        return math.nan
+    if figure in SHOT_FIGURES:
+        mask = _shot_mask(samples, run_id, point, figure)
+        return math.nan if mask is None else 100 * float(samples.get(run_id, point, "correct")[mask].mean())
+    first = samples.get(run_id, point, "first_correct")
+    oracle = 100 * oracle_accuracy(first, samples.exit_costs[run_id], budget) if first is not None else math.nan
+    return oracle if figure == "oracle_accuracy" else oracle - accuracy
+
+
+def sample_replicates(figure: str, weights: np.ndarray, samples: SampleArrays, picks: list[tuple[str, int]],
+                      budgets: list[float], accuracy: np.ndarray | None) -> np.ndarray | None:
+    """Bootstrap replicates (%) of a :data:`SAMPLE_FIGURES` figure pooled over seeds: ``picks`` =
+    (run id, point) per seed, ``budgets`` per seed, ``accuracy`` the accuracy's replicates (for the
+    headroom). None where a seed lacks its arrays."""
+    reps = []
+    for (run_id, point), budget in zip(picks, budgets):
+        if figure in SHOT_FIGURES:
+            mask = _shot_mask(samples, run_id, point, figure)
+            if mask is None:
+                return None
+            w = np.asarray(weights, np.float64)[:, mask]
+            reps.append((w @ samples.get(run_id, point, "correct")[mask]) / w.sum(1))
+            continue
+        first = samples.get(run_id, point, "first_correct")
+        if first is None:
+            return None
+        reps.append(replicate_oracle(weights, first, samples.exit_costs[run_id], budget))
+    mean = 100 * np.mean(reps, axis=0)
+    if figure == "headroom":
+        return None if accuracy is None else mean - accuracy
+    return mean
 
 
 # ---------------------------------------------------------------------------------------------

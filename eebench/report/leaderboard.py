@@ -47,7 +47,7 @@ from eebench.report import bootstrap, diagnostics
 from eebench.paths import slug
 from eebench.records import write_atomic
 from eebench.report.selection import (cheapest_within, check_budgets, check_selection_split, select, selection_intervals)
-from eebench.report.table import CONFIDENCE_LEVELS, SCORE_LEVELS, dequantise_confidence, method_rank
+from eebench.report.table import CONFIDENCE_LEVELS, method_rank
 
 #: Budgets (normalised cost) of the leaderboard.
 BUDGETS: tuple[float, ...] = (0.25, 0.50, 0.75, 1.00)
@@ -61,8 +61,6 @@ CSV_FLOAT_FORMAT = "%.4f"
 POINT_FIGURES: dict[str, tuple[str, float]] = {"accuracy": ("accuracy", 100.0), "cost": ("cost", 1.0),
                                                "ece": ("ece", 100.0), "inefficiency95": ("inefficiency_at_95", 1.0),
                                                "auroc": ("auroc", 100.0), "aurc": ("aurc", 100.0)}
-#: Per-budget figures read off the per-sample arrays of the deployed point's exits (%).
-EXIT_FIGURES: tuple[str, ...] = ("oracle_accuracy", "headroom")
 #: Per-budget figures of the runs timed by ``eebench latency`` (columns only where some run was).
 MEASURED_FIGURES: dict[str, tuple[str, float]] = {"measured_speedup": ("measured_speedup", 1.0)}
 
@@ -200,11 +198,18 @@ def payload_plan(df: pd.DataFrame, options: ReportOptions) -> dict[str, dict[str
 # the leaderboard
 
 
-def figure_names(options: ReportOptions, measured: bool = False) -> list[str]:
-    """The per-run figures, in column order (``measured``: with the measured speed-up at each budget)."""
-    figures = [*POINT_FIGURES, *EXIT_FIGURES, *(MEASURED_FIGURES if measured else {})]
+def figure_names(options: ReportOptions, measured: bool = False, long_tail: bool = False) -> list[str]:
+    """The per-run figures, in column order (``measured``: with the measured speed-up at each budget;
+    ``long_tail``: with the many/medium/few-shot accuracies)."""
+    figures = [*POINT_FIGURES, *diagnostics.EXIT_FIGURES, *(diagnostics.SHOT_FIGURES if long_tail else ()),
+               *(MEASURED_FIGURES if measured else {})]
     per_budget = [f"{f}_at_{budget_label(b)}" for b in options.budgets for f in figures]
     return per_budget + ["auc", "cost_to_backbone_minus_1pt"]
+
+
+def has_long_tail(df: pd.DataFrame) -> bool:
+    """Whether some setting of the table is long-tailed (a dataset with an ``imbalance_factor``)."""
+    return "p_dataset_imbalance_factor" in df.columns and bool(df["p_dataset_imbalance_factor"].notna().any())
 
 
 def has_measured(df: pd.DataFrame) -> bool:
@@ -212,52 +217,16 @@ def has_measured(df: pd.DataFrame) -> bool:
     return "measured_speedup" in df.columns and bool(df["measured_speedup"].notna().any())
 
 
-class _Samples:
-    """Per-sample arrays of a setting's deployed points, for the bootstrap."""
-
-    def __init__(self, samples: pd.DataFrame | None, exit_costs: dict[str, np.ndarray]):
-        self.rows = {} if samples is None else {(r.run_id, int(r.point)): r for r in samples.itertuples(index=False)}
-        self.exit_costs = exit_costs
-
-    def get(self, run_id: str, point: int, what: str) -> np.ndarray | None:
-        r = self.rows.get((run_id, point))
-        if r is None or (point < 0 and what != "auc"):          # −1: no point deployed (or the AUC row)
-            return None
-        if what == "auc":
-            return r.auc_score.astype(np.float64) / SCORE_LEVELS
-        if what == "first_correct":                             # of the exits the point answers with
-            s = getattr(r, "exit_set", None)
-            exits = None if s is None or pd.isna(s) else self.rows.get((run_id, -2 - int(s)))
-            K = len(self.exit_costs[run_id])
-            return None if exits is None else diagnostics.first_correct(exits.exit_correct, K)
-        if what == "levels":
-            return r.confidence
-        if what == "cost":
-            return self.exit_costs[run_id][r.exit.astype(int)]
-        if what == "confidence":
-            return dequantise_confidence(r.confidence)
-        return getattr(r, what).astype(np.float64)
-
-
-def _replicates(weights: np.ndarray | None, samples: _Samples, picks: list[tuple[str, int]], figure: str,
+def _replicates(weights: np.ndarray | None, samples: diagnostics.SampleArrays, picks: list[tuple[str, int]], figure: str,
                 budgets: list[float] | None = None) -> np.ndarray | None:
     """Bootstrap replicates of a figure pooled over seeds: ``picks`` = (run id, point) per seed
     (point −1: the run's AUC row); ``budgets``, the oracle's budget per seed. None without resampling
     weights or per-sample arrays."""
     if weights is None or figure in MEASURED_FIGURES:     # a timing, not an estimate from the test samples
         return None
-    if figure in ("oracle_accuracy", "headroom"):
-        reps = []
-        for (r, p), budget in zip(picks, budgets or []):
-            first = samples.get(r, p, "first_correct")
-            if first is None:
-                return None
-            reps.append(diagnostics.replicate_oracle(weights, first, samples.exit_costs[r], budget))
-        oracle = 100 * np.mean(reps, axis=0)
-        if figure == "oracle_accuracy":
-            return oracle
-        accuracy = _replicates(weights, samples, picks, "accuracy")
-        return None if accuracy is None else oracle - accuracy
+    if figure in diagnostics.SAMPLE_FIGURES:
+        accuracy = _replicates(weights, samples, picks, "accuracy") if figure == "headroom" else None
+        return diagnostics.sample_replicates(figure, weights, samples, picks, budgets or [], accuracy)
     if figure in ("auroc", "aurc"):
         score = bootstrap.replicate_auroc if figure == "auroc" else bootstrap.replicate_aurc
         parts = [(samples.get(r, p, "correct"), samples.get(r, p, "levels")) for r, p in picks]
@@ -278,19 +247,16 @@ def _replicates(weights: np.ndarray | None, samples: _Samples, picks: list[tuple
 
 
 def _run_figures(name: str, runs: list[tuple[str, pd.DataFrame]], picked: dict[str, RunChoice],
-                 samples: _Samples) -> tuple[str, list[float], list[tuple[str, int]]]:
+                 samples: diagnostics.SampleArrays) -> tuple[str, list[float], list[tuple[str, int]]]:
     """One leaderboard figure for each seed of a variant: ``(figure kind, values, (run id, point)
     per seed)``; the point is −1 for the AUC (its per-sample row) and for a figure a run lacks."""
     values, picks = [], []
     figure, label = name.rsplit("_at_", 1) if "_at_" in name else (name, "")
-    if figure in EXIT_FIGURES:
+    if figure in diagnostics.SAMPLE_FIGURES:
         for run_id, run in runs:
             point = next(p for b, p in picked[run_id].at.items() if budget_label(b) == label)
-            first = samples.get(run_id, point, "first_correct") if point >= 0 else None
-            oracle = (100 * diagnostics.oracle_accuracy(first, samples.exit_costs[run_id], float(label))
-                      if first is not None else math.nan)
             accuracy = 100 * float(run.iloc[point]["accuracy"]) if point >= 0 else math.nan
-            values.append(oracle if figure == "oracle_accuracy" else oracle - accuracy)
+            values.append(diagnostics.sample_figure(figure, samples, run_id, point, float(label), accuracy))
             picks.append((run_id, point))
         return figure, values, picks
     for run_id, run in runs:
@@ -320,7 +286,7 @@ def leaderboard(df: pd.DataFrame, samples: pd.DataFrame | None = None, options: 
     """
     df = df.assign(variant=variant_names(df))
     picked = choices(df, options)
-    names = figure_names(options, has_measured(df))
+    names = figure_names(options, has_measured(df), has_long_tail(df))
     rows = []
     for (ds, bb), setting in df.groupby(["dataset", "backbone"], sort=True):
         lo, hi = auc_range(setting, options)
@@ -328,7 +294,7 @@ def leaderboard(df: pd.DataFrame, samples: pd.DataFrame | None = None, options: 
         same_test = setting["n_test"].nunique() == 1 and setting["test_sha256"].nunique() == 1
         weights = (bootstrap.resample_weights(int(n_test), options.replicates, f"{ds}/{bb}")
                    if samples is not None and same_test else None)
-        data = _Samples(samples, {r: np.asarray(g["exit_costs"].iloc[0], float) for r, g in setting.groupby("run_id")})
+        data = diagnostics.SampleArrays(samples, setting)
         variants = sorted(setting["variant"].unique(), key=method_rank)
         accuracy_reps: dict[float, dict[str, np.ndarray | None]] = {b: {} for b in options.budgets}
         setting_rows = []
@@ -350,7 +316,7 @@ def leaderboard(df: pd.DataFrame, samples: pd.DataFrame | None = None, options: 
                 defined = bool(np.isfinite(v).all())
                 row[f"{name}_mean"] = float(v.mean()) if defined else math.nan
                 row[f"{name}_std"] = float(np.std(v, ddof=1)) if defined and len(v) > 1 else math.nan
-                budgets = [float(name.rsplit("_at_", 1)[1])] * len(picks) if figure in EXIT_FIGURES else None
+                budgets = [float(name.rsplit("_at_", 1)[1])] * len(picks) if figure in diagnostics.SAMPLE_FIGURES else None
                 reps = _replicates(weights, data, picks, figure, budgets) if defined else None
                 row[f"{name}_se"] = bootstrap.standard_error(reps) if reps is not None else math.nan
                 if name.startswith("accuracy_at_"):
@@ -374,7 +340,9 @@ def _order_board(board: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
     head = ["dataset", "backbone", "method", "variant", "seeds", "points", "weights_sha256", "weights_source",
             "backbone_accuracy_mean", "backbone_accuracy_se"]
     body = []
-    for name in figure_names(options, "measured_speedup_at_" + budget_label(options.budgets[0]) + "_mean" in board):
+    first = budget_label(options.budgets[0])
+    for name in figure_names(options, f"measured_speedup_at_{first}_mean" in board,
+                             f"many_shot_accuracy_at_{first}_mean" in board):
         body += [f"{name}_mean", f"{name}_std", f"{name}_se"]
         if name == "auc":
             body += ["auc_range_lo", "auc_range_hi"]

@@ -22,7 +22,8 @@ the points the leaderboard deploys only: one row per (``run_id``, ``point``) wit
 answers the point answers with; one row per run with ``point`` = −1 and ``auc_score``, each sample's
 correctness weighted by the share of budgets at which each point is deployed (255 levels); and one
 row per set of exit answers a deployed point uses, ``point`` = −2 − s for set s, with
-``exit_correct``, one integer per sample whose bit k says whether exit k answers it correctly
+``exit_correct``, one integer per sample whose bit k says whether exit k answers it correctly, the
+test ``labels``
 (:func:`correct_bits`), and, for the runs of the shared IM stage (:data:`STAGE_METHOD`: the
 threshold baseline trains nothing on top of it), ``exit_confidence``, every exit's confidence
 (``[K·N]``, exit-major, 240 levels). They serve the standard errors and the oracle, overthinking and
@@ -150,9 +151,12 @@ def _floats(xs: Iterable[Any] | None, n: int) -> list[float]:
 
 
 def _source(source: str) -> str:
-    """A weights source without this machine's cache path: "trained here" (+ "(partial schedule)")."""
+    """A weights source without this machine's cache path: "trained here" (+ " (partial schedule)")
+    (+ "; <recipe>" where the record names the recipe)."""
     if source.startswith("trained here"):
-        return "trained here" + (" (partial schedule)" if "partial" in source else "")
+        recipe = source.split("; recipe ", 1)[1] if "; recipe " in source else ""
+        return ("trained here" + (" (partial schedule)" if "partial schedule" in source else "")
+                + (f"; recipe {recipe}" if recipe else ""))
     return source
 
 
@@ -181,6 +185,7 @@ def record_rows(record: dict[str, Any], path: Path | str = "record") -> list[dic
             "weights_source": _source(str(backbone.get("weights", {}).get("source", "unknown"))),
             "ims_start": str((record.get("ims") or {}).get("start", "unknown")),
             "exit_costs": _floats(record.get("exit_costs"), K),
+            "train_class_counts": _floats(record.get("train_class_counts"), int(record.get("num_classes") or 0)),
             "git_revision": str(record.get("git_revision") or "unknown"),
             "created": str(record.get("created") or "unknown"), "device": str(record.get("device") or "unknown"),
             "run_seconds": _float((record.get("timings") or {}).get("total")),
@@ -316,7 +321,7 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
     import pyarrow as pa
 
     table = pa.Table.from_pandas(df, preserve_index=False)
-    for c in (*PER_EXIT_COLUMNS, *CONFORMAL_COLUMNS, "exit_costs"):     # float32 keeps the table small
+    for c in (*PER_EXIT_COLUMNS, *CONFORMAL_COLUMNS, "exit_costs", "train_class_counts"):   # float32: small
         table = table.set_column(table.schema.get_field_index(c), c, table[c].cast(pa.list_(pa.float32())))
     _write_parquet(table, path)
 
@@ -328,7 +333,7 @@ def read_table(path: Path) -> pd.DataFrame:
         UsageError: the file is not a parquet file, or not an eebench operating-point table.
     """
     df = _read_parquet(path, "operating-point")
-    for c in (*PER_EXIT_COLUMNS, *CONFORMAL_COLUMNS, "exit_costs"):
+    for c in (*PER_EXIT_COLUMNS, *CONFORMAL_COLUMNS, "exit_costs", "train_class_counts"):
         df[c] = df[c].map(lambda a: np.asarray(a, dtype=float))
     return df
 
@@ -344,7 +349,7 @@ def samples_name(dataset: str, backbone: str) -> str:
 SAMPLE_ARRAYS = ("labels", "exit_index", "prediction", "confidence", "set_size", "exit_prediction",
                  "exit_confidence", "exit_set")
 SAMPLE_COLUMNS = ("run_id", "point", "exit", "correct", "set_size", "confidence", "auc_score", "exit_set",
-                  "exit_correct", "exit_confidence")
+                  "exit_correct", "exit_confidence", "labels")
 
 
 def _run_arrays(folders: dict[str, Path], run_ids: list[str]) -> dict[str, dict[str, np.ndarray]]:
@@ -402,7 +407,7 @@ def sample_payloads(folders: dict[str, Path], plan: dict[str, dict[str, Any]], t
             conf = quantise_confidence(arrays["exit_confidence"][e]).reshape(-1) if method[run_id] == STAGE_METHOD \
                 else None
             rows.append({"run_id": run_id, "point": -2 - e, "exit_set": e, "exit_correct": correct_bits(ok),
-                         "exit_confidence": conf})
+                         "exit_confidence": conf, "labels": arrays["labels"].astype(np.int16)})
     return pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS)).astype({"point": int, "exit_set": "Int64"})
 
 
@@ -429,7 +434,7 @@ def write_samples(df: pd.DataFrame, table: pd.DataFrame, folder: Path) -> list[P
                         ("correct", pa.list_(pa.bool_())), ("set_size", pa.list_(pa.int16())),
                         ("confidence", pa.list_(pa.uint8())), ("auc_score", pa.list_(pa.uint8())),
                         ("exit_set", pa.int16()), ("exit_correct", pa.list_(pa.int64())),
-                        ("exit_confidence", pa.list_(pa.uint8()))])
+                        ("exit_confidence", pa.list_(pa.uint8())), ("labels", pa.list_(pa.int16()))])
     folder = Path(folder)
     runs = table.drop_duplicates("run_id").set_index("run_id")[["dataset", "backbone"]]
     setting = df["run_id"].map(lambda r: samples_name(*runs.loc[r])) if len(df) else pd.Series([], dtype=object)
@@ -465,7 +470,7 @@ def read_samples(folder: Path) -> pd.DataFrame | None:
                     SAMPLES_GLOB, folder)
         return None
     df = pd.concat([_read_parquet(p, "samples") for p in paths], ignore_index=True)
-    for c in ("exit", "correct", "set_size", "confidence", "auc_score", "exit_correct", "exit_confidence"):
+    for c in ("exit", "correct", "set_size", "confidence", "auc_score", "exit_correct", "exit_confidence", "labels"):
         df[c] = df[c].map(lambda a: None if a is None else np.asarray(a))
     return df
 

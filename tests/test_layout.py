@@ -127,7 +127,8 @@ BACKBONE_API = CORE | {m for m in MODULES if m.startswith("eebench.data")} | {"e
 RUN_SIDE = {m for m in MODULES if m.startswith(("eebench.harness", "eebench.backbones", "eebench.sweep",
                                                 "eebench.deploy", "eebench.method", "methods"))}
 REPORT_SIDE = ("eebench.report.table", "eebench.report.selection", "eebench.report.bootstrap",
-               "eebench.report.leaderboard", "eebench.report.plots")
+               "eebench.report.leaderboard", "eebench.report.plots", "eebench.report.html", "eebench.report.diagnostics",
+               "eebench.report.diagnostic_plots", "eebench.report.figure_style")
 
 
 def _reaches(name: str) -> set[str]:

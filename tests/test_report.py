@@ -147,7 +147,7 @@ def test_regenerate_from_table_byte_for_byte(sweep: Path, tmp_path: Path, cli):
         (second / name).write_bytes((first / name).read_bytes())
     assert cli("report", second / table.TABLE_NAME, "--out", second)[0] == 0
     names = sorted(p.name for p in first.iterdir())
-    assert names == ["diagnostics.md", "exits_digits_vit_digits.csv", "leaderboard.csv", "leaderboard.md",
+    assert names == ["diagnostics.md", "exits_digits_vit_digits.csv", "index.html", "leaderboard.csv", "leaderboard.md",
                      "leaderboard_digits.csv", table.TABLE_NAME, "overthinking.csv", "samples_digits_vit_digits.parquet"]
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name

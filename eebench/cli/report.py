@@ -23,11 +23,13 @@ SOURCE_HELP = ("a folder of run records (searched recursively for */record.json)
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``report`` and ``plot``."""
     rep = subparsers.add_parser(
-        "report", help="operating-point tables (parquet) and leaderboard CSVs from run records",
+        "report", help="operating-point tables (parquet), leaderboards, diagnostics and the web page from run records",
         description="Collect run records into the long-format tables of operating points and per-sample arrays "
-                    "(OUT/operating_points.parquet, OUT/samples.parquet; not rewritten when SOURCE is the table) and "
-                    "write OUT/leaderboard.csv, OUT/leaderboard_<dataset>.csv and OUT/leaderboard.md: figures of the "
-                    "points chosen on val, with the bootstrap standard errors of their test estimates.")
+                    "(OUT/operating_points.parquet, OUT/samples_<dataset>_<backbone>.parquet; not rewritten when SOURCE "
+                    "is the table) and write OUT/leaderboard.csv, OUT/leaderboard_<dataset>.csv, OUT/leaderboard.md "
+                    "(figures of the points chosen on val, with the bootstrap standard errors of their test "
+                    "estimates), the shared IM stage's OUT/exits_<dataset>_<backbone>.csv, OUT/overthinking.csv, "
+                    "OUT/diagnostics.md and OUT/index.html (all of it as one self-contained web page).")
     rep.add_argument("source", type=Path, metavar="SOURCE", help=SOURCE_HELP)
     rep.add_argument("--out", type=Path, default=Path("results"), help="output folder (default ./results)")
     rep.add_argument("--budgets", default="0.25,0.5,0.75,1", help="budgets, normalised cost (default 0.25,0.5,0.75,1)")

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eebench.report import bootstrap, diagnostics
+from eebench.report import bootstrap, diagnostics, html
 from eebench.paths import slug
 from eebench.records import write_atomic
 from eebench.report.selection import (cheapest_within, check_budgets, check_selection_split, select, selection_intervals)
@@ -412,7 +412,8 @@ def write_report(df: pd.DataFrame, samples: pd.DataFrame | None, out_dir: Path,
                  options: ReportOptions = ReportOptions()) -> tuple[pd.DataFrame, list[Path]]:
     """Write ``leaderboard.csv``, ``leaderboard_<dataset>.csv`` per dataset, ``leaderboard.md``, the
     shared IM stage's per-exit table ``exits_<dataset>_<backbone>.csv`` per setting, ``overthinking.csv``
-    and ``diagnostics.md`` under ``out_dir`` (atomically; floats as ``%.4f``, rows in a fixed order).
+    and ``diagnostics.md`` under ``out_dir`` (atomically; floats as ``%.4f``, rows in a fixed order), and
+    ``index.html``, all of it as one self-contained web page (:mod:`eebench.report.html`).
 
     Returns:
         ``(leaderboard, paths written)``.
@@ -438,4 +439,6 @@ def write_report(df: pd.DataFrame, samples: pd.DataFrame | None, out_dir: Path,
         write_atomic(written[-1], _csv_bytes(over))
     written.append(out_dir / "diagnostics.md")
     write_atomic(written[-1], diagnostics.diagnostics_markdown(exits, over).encode())
+    written.append(html.write_page(df.assign(variant=variant_names(df)), samples, board, options,
+                                   out_dir / html.PAGE_NAME))
     return board, written

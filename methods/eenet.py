@@ -34,6 +34,13 @@ chosen on ``val`` per budget among the candidates ``alpha_ce`` × ``alpha_cost``
 within ``budget_tolerance`` of B, else the one whose val cost is closest to B; the chosen pair is
 part of the operating point's setting. One operating point per budget. Only g_k runs at test time
 (h_k shapes the exit shares during training), so the gate Mul-Adds of exit k < K are those of g_k.
+
+``scorer: official`` swaps the scheduler above for the one the released code builds (git-disl/EENet:
+g_k a bias-free linear map of the whole softmax vector, max and entropy; h_k sigmoid outputs under
+a softmax; BCE and KL + cost terms trained in alternating phases of 10 epochs; thresholds on the
+raw scores) with its crashes and accumulating gradients fixed and every sample answered, under
+the same protocol (policy split, ``scorer_steps``, α and points chosen on val):
+:mod:`methods.eenet_official`, with the official file:line of each element.
 """
 from __future__ import annotations
 
@@ -46,8 +53,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from eebench.method import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, ConfigError, Each, ExitMethod, ExitRule, ExitTask,
-                            FittedMethod, OperatingPoint, SplitFeatures, apply_thresholds, check_finite, exit_probs,
-                            minibatches, module_muladds, pack, register_method, thresholds_from_counts, unpack)
+                            FittedMethod, OneOf, OperatingPoint, SplitFeatures, apply_thresholds, check_finite,
+                            exit_probs, minibatches, module_muladds, pack, register_method, thresholds_from_counts,
+                            unpack)
+from methods.eenet_official import (EENetOfficialFitted, OfficialScheduler, official_exits, official_features,
+                                    official_thresholds, train_official)
 
 ALPHA_CE = [0.1, 1.0]
 ALPHA_COST = [1.0, 10.0]
@@ -235,6 +245,32 @@ class EENetScheduler(nn.Module):
         return torch.cat([g for g, _ in parts], dim), torch.cat([h for _, h in parts], dim)
 
 
+def choose_per_budget(settings: list[tuple[float, float, float]], budgets: list[float],
+                      val_exits: Callable[[int], tuple[np.ndarray, np.ndarray]], exit_costs: np.ndarray,
+                      val_correct: np.ndarray, tolerance: float) -> list[tuple[dict[str, Any], int, np.ndarray]]:
+    """The scheduler of each budget B, chosen on val among the settings (B, α_ce, α_cost): the most
+    accurate among those whose val cost is within ``tolerance`` of B, else the one whose val cost is
+    closest to B (earlier settings win ties).
+
+    Args:
+        val_exits: scheduler index m → (``[N]`` exits on val, ``[K]`` its thresholds).
+        exit_costs: ``[K]`` c_k; val_correct: ``[N, K]`` bool, exit k is right on val sample n.
+
+    Returns:
+        per budget, in order: (setting, m, thresholds).
+    """
+    best: dict[float, tuple] = {}
+    for m, (B, a_ce, a_cost) in enumerate(settings):
+        exits, T = val_exits(m)
+        val_cost = float(exit_costs[exits].mean())
+        val_acc = float(val_correct[np.arange(len(exits)), exits].mean())
+        meets = abs(val_cost - B) <= tolerance
+        key = (meets, val_acc if meets else -abs(val_cost - B))
+        if B not in best or key > best[B][0]:
+            best[B] = (key, {"budget": B, "alpha_ce": a_ce, "alpha_cost": a_cost}, m, T)
+    return [best[B][1:] for B in budgets]
+
+
 def auto_budgets(first_exit_cost: float, count: int) -> list[float]:
     """The default budgets: ``count`` target mean costs evenly spaced from the first exit's cost c_1
     (excluded: a mean cost of c_1 is everyone at exit 1) to 1, the plain backbone's cost:
@@ -317,15 +353,19 @@ class EENet(ExitMethod):
         "scorer_lr": 1e-3,
         "scorer_weight_decay": 1e-4,
         "scorer_batch_size": 512,
+        "scorer": "paper",           # paper | official (the released code's scheduler, methods/eenet_official.py)
     }
     constraints = {"budgets": Each(POSITIVE, min_len=0), "num_budgets": AT_LEAST_ONE,
                    "alpha_ce": Each(NON_NEGATIVE), "alpha_cost": Each(NON_NEGATIVE), "budget_tolerance": NON_NEGATIVE,
                    "scorer_hidden": AT_LEAST_ONE, "scorer_steps": AT_LEAST_ONE, "scorer_lr": POSITIVE,
-                   "scorer_weight_decay": NON_NEGATIVE, "scorer_batch_size": AT_LEAST_ONE}
+                   "scorer_weight_decay": NON_NEGATIVE, "scorer_batch_size": AT_LEAST_ONE,
+                   "scorer": OneOf(("paper", "official"))}
     grid = {"alpha_ce": [[a] for a in ALPHA_CE], "alpha_cost": [[a] for a in ALPHA_COST]}
     test_parameters = {"num_budgets": 3, "alpha_ce": [1.0], "alpha_cost": [10.0], "scorer_steps": 300}
 
-    def fit(self, task: ExitTask, params: dict[str, Any], seed: int) -> EENetFitted:
+    def fit(self, task: ExitTask, params: dict[str, Any], seed: int) -> EENetFitted | EENetOfficialFitted:
+        if params["scorer"] == "official":
+            return self._fit_official(task, params, seed)
         K = task.num_exits
         gate_muladds = EENetScheduler(K, int(params["scorer_hidden"])).gate_muladds()
         costs = task.costs.exit_costs(gate_muladds)
@@ -343,25 +383,51 @@ class EENet(ExitMethod):
         g_policy, h_policy = scheduler.scores(policy_f)
         g_val, _ = scheduler.scores(val_f)
         val_correct = (val_p.argmax(-1) == task.val.labels[:, None]).numpy()
-        best: dict[float, tuple] = {}
-        for m, (B, a_ce, a_cost) in enumerate(settings):
+
+        def val_exits(m: int) -> tuple[np.ndarray, np.ndarray]:
             T = eenet_thresholds(g_policy[m].double().numpy(), h_policy[m].softmax(-1).numpy())
-            exits = apply_thresholds(g_val[m].double().numpy(), T)
-            val_cost = float(costs[exits].mean())
-            val_acc = float(val_correct[np.arange(len(exits)), exits].mean())
-            meets = abs(val_cost - B) <= params["budget_tolerance"]
-            key = (meets, val_acc if meets else -abs(val_cost - B))
-            if B not in best or key > best[B][0]:
-                best[B] = (key, {"budget": B, "alpha_ce": a_ce, "alpha_cost": a_cost}, m, T)
-        chosen = [best[B][1:] for B in budgets]
+            return apply_thresholds(g_val[m].double().numpy(), T), T
+
+        chosen = choose_per_budget(settings, budgets, val_exits, costs, val_correct, params["budget_tolerance"])
         return EENetFitted(ims, scheduler, chosen, gate_muladds)
 
+    def _fit_official(self, task: ExitTask, params: dict[str, Any], seed: int) -> EENetOfficialFitted:
+        """``scorer: official``: the released code's scheduler (:mod:`methods.eenet_official`) under
+        this method's protocol: budgets, α candidates, policy split, steps and choice on val as above."""
+        K, C = task.num_exits, task.num_classes
+        gate_muladds = OfficialScheduler(K, C).gate_muladds()
+        costs = task.costs.exit_costs(gate_muladds)
+        budgets = feasible_budgets(params["budgets"] or auto_budgets(float(costs[0]), int(params["num_budgets"])),
+                                   costs)
+        settings = [(B, float(a), float(b)) for B in budgets for a in params["alpha_ce"] for b in params["alpha_cost"]]
+        ims = task.trained_ims()
+        policy_p, val_p = exit_probs(ims, task.policy), exit_probs(ims, task.val)
+        policy_f = official_features(policy_p)
+        q = (policy_p.argmax(-1) == task.policy.labels[:, None]).float()
+        torch.manual_seed(seed)
+        scheduler = train_official(policy_f, q, torch.as_tensor(costs, dtype=torch.float32), settings, params,
+                                   torch.Generator().manual_seed(seed), task.progress)
+        with torch.no_grad():
+            g_policy, h_policy = scheduler(policy_f)
+        g_val = scheduler.test_scores(official_features(val_p))
+        val_correct = (val_p.argmax(-1) == task.val.labels[:, None]).numpy()
+
+        def val_exits(m: int) -> tuple[np.ndarray, np.ndarray]:
+            T = official_thresholds(g_policy[m], h_policy[m].softmax(-1))
+            return official_exits(g_val[m].double().numpy(), T), T
+
+        chosen = choose_per_budget(settings, budgets, val_exits, costs, val_correct, params["budget_tolerance"])
+        return EENetOfficialFitted(ims, scheduler, chosen, gate_muladds)
+
     def restore(self, tensors: dict[str, torch.Tensor], settings: dict[str, Any],
-                make_ims: Callable[[], nn.ModuleList]) -> EENetFitted:
+                make_ims: Callable[[], nn.ModuleList]) -> EENetFitted | EENetOfficialFitted:
         ims = unpack(tensors, "ims", make_ims())
+        chosen = [(dict(setting), int(m), T.numpy()) for (setting, m), T in zip(settings["chosen"], tensors["thresholds"])]
+        if settings.get("scorer") == "official":
+            scheduler = OfficialScheduler(len(ims) + 1, settings["num_classes"], models=settings["models"])
+            return EENetOfficialFitted(ims, unpack(tensors, "scheduler", scheduler), chosen,
+                                       list(settings["gate_muladds"]))
         scheduler = EENetScheduler(len(ims) + 1, settings["hidden"], models=settings["models"])
-        chosen = [(dict(setting), int(m), T.numpy()) for (setting, m), T in
-                  zip(settings["chosen"], tensors["thresholds"])]
         return EENetFitted(ims, unpack(tensors, "scheduler", scheduler), chosen, list(settings["gate_muladds"]))
 
     @staticmethod

@@ -124,3 +124,178 @@ def test_stacked_schedulers_equal_separate_ones():
     for m, B in enumerate((0.4, 0.5, 0.6)):
         for stacked_loss, loss in zip(losses, eenet_losses(g1, h1, q, r, costs, B)):
             assert torch.allclose(stacked_loss[m], loss)
+
+
+# --------------------------------------------------------------------------------------------
+# scorer: official (methods/eenet_official.py): the released code's scheduler, fixed
+
+
+def test_official_features_are_the_softmax_max_and_entropy():
+    from methods.eenet_official import official_features
+
+    probs = torch.tensor([[[0.25, 0.75], [1.0, 0.0]]])                              # N=1, K=2, C=2
+    x = official_features(probs)[0]
+    ent = 1 + (0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / math.log(2)
+    # p_k itself, max p_k, 1 + sum p log p / log C (0 log 0 = 0: no NaN for a one-hot p); no vote
+    assert torch.allclose(x, torch.tensor([[0.25, 0.75, 0.75, ent], [1.0, 0.0, 1.0, 1.0]]), atol=1e-6)
+
+
+def test_official_scheduler_layers_have_the_official_shapes():
+    from methods.eenet_official import OfficialScheduler
+
+    torch.manual_seed(0)
+    s = OfficialScheduler(3, 2)                                                     # K=3 exits, C=2 classes
+    # exit k sees C + 2 features and k-1 earlier scores: d_k = C + 1 + k = 4, 5, 6 inputs
+    assert s.in_mask.sum(1).tolist() == [4, 5, 6]
+    # h_k: Linear(d_k, int(0.5 d_k)) -> Sigmoid -> Linear(., 1) -> Sigmoid: 2, 2, 3 hidden units
+    assert s.hidden_mask.sum(1).tolist() == [2, 2, 3]
+    # g_k is bias-free (no bias parameter) over the C probabilities and the other 1 + k inputs
+    assert not any("g_bias" in n for n, _ in s.named_parameters())
+    assert s.gate_muladds() == [4, 5]
+    # initialised as the official nn.Linear's: |w| <= 1/sqrt(C) on p_k, 1/sqrt(1 + k) on the rest
+    g = s.g_weight[0]
+    assert (g[:, :2].abs() <= 2 ** -0.5).all() and (g[0, 2:4].abs() <= 2 ** -0.5).all()
+    assert (g[2, 2:6].abs() <= 4 ** -0.5).all() and torch.count_nonzero(g[0, 4:]) == 0
+
+
+def test_official_g_by_hand_clamped_in_training_raw_at_test():
+    from methods.eenet_official import OfficialScheduler
+
+    s = OfficialScheduler(2, 2)
+    with torch.no_grad():
+        s.g_weight.zero_()
+        s.g_weight[0, 0, :4] = torch.tensor([1.0, 2.0, 0.0, 0.0])                   # g_1 = p_1 + 2 p_2
+        s.g_weight[0, 1, :5] = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0])             # g_2 = the score of exit 1
+    feats = torch.tensor([[[0.25, 0.75, 0.75, 0.2], [0.5, 0.5, 0.5, 0.0]]])        # N=1, K=2, C+2=4
+    g, h = s(feats)
+    # g_1 = 0.25 + 1.5 = 1.75; in training exit 2 sees it clamped to 1, at test the raw 1.75
+    assert torch.allclose(g[0, 0], torch.tensor([1.75, 1.0]))
+    assert torch.allclose(s.test_scores(feats)[0, 0], torch.tensor([1.75, 1.75]))
+    # h_k outputs are sigmoids, so r_hat = softmax_k(h) stays near uniform
+    assert ((h > 0) & (h < 1)).all()
+
+
+def test_official_shares_are_confined_near_uniform():
+    from methods.eenet_official import OfficialScheduler
+
+    torch.manual_seed(0)
+    K = 9
+    s = OfficialScheduler(K, 10, models=4)
+    with torch.no_grad():                                          # push h_k to its extremes
+        s.h_weight2.mul_(1e3)
+        s.h_bias2.mul_(1e3)
+    _, h = s(torch.rand(64, K, 12))
+    r_hat = h.softmax(-1)
+    lo, hi = 1 / (1 + (K - 1) * math.e), math.e / (math.e + K - 1)              # 0.044, 0.254
+    assert r_hat.min() >= lo - 1e-6 and r_hat.max() <= hi + 1e-6
+    assert round(lo, 3) == 0.044 and round(hi, 3) == 0.254
+
+
+def test_official_losses_by_hand():
+    from methods.eenet_official import official_losses
+
+    # N=2, K=2; g raw (clamped to [0, 1] for the loss); h = sigmoid outputs, r_hat = softmax_k(h)
+    g = torch.tensor([[[0.5, 1.5], [0.25, -0.5]]])
+    h = torch.tensor([[[0.0, math.log(3.0)], [0.0, 0.0]]])                         # r_hat (0.25, 0.75), (0.5, 0.5)
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    costs, B = torch.tensor([0.4, 1.0]), torch.tensor([0.6])
+    l_bce, l_kl, l_cost = official_losses(g, h, q, costs, B)
+    # BCE weights r_hat / sum_n r_hat per exit: exit 1 (1/3, 2/3), exit 2 (0.6, 0.4); clamped scores
+    # s = (0.5, 1), (0.25, 0); BCE(1, 0) and BCE(0, 1) are -log(0) clamped at 100
+    bce = (1 / 3 * -math.log(0.5) + 2 / 3 * -math.log(0.75) + 0.6 * 100 + 0.4 * 100) / 2
+    assert math.isclose(l_bce.item(), bce, rel_tol=1e-5)
+    # KL target t = s / sum_k s: (1/3, 2/3) and (1, 0); mean over the N K entries of t log(t / r_hat)
+    kl = (1 / 3 * math.log((1 / 3) / 0.25) + 2 / 3 * math.log((2 / 3) / 0.75) + 1 * math.log(1 / 0.5)) / 4
+    assert math.isclose(l_kl.item(), kl, rel_tol=1e-5)
+    assert math.isclose(l_cost.item(), abs((0.25 * 0.4 + 0.75 + 0.5 * 0.4 + 0.5) / 2 - 0.6) / 0.6, rel_tol=1e-6)
+    # a sample whose clamped scores are all 0 adds nothing to the KL term (0/0 in the official code)
+    _, l_kl0, _ = official_losses(torch.full((1, 1, 2), -1.0), h[:, :1], q[:1], costs, B)
+    assert l_kl0.item() == 0.0
+
+
+def test_official_phases_alternate_every_10_epochs_over_one_permutation():
+    from methods.eenet_official import phases
+
+    steps = list(phases(45, 5, 2, torch.Generator().manual_seed(0)))               # 3 mini-batches an epoch
+    rows = [r.tolist() for r, _ in steps]
+    assert rows[:3] == rows[3:6] == rows[30:33] and sorted(sum(rows[:3], [])) == [0, 1, 2, 3, 4]
+    assert [b for _, b in steps] == [True] * 30 + [False] * 15                      # epochs 0-9 BCE, 10-14 not
+
+
+def test_official_phases_train_what_they_should():
+    from methods.eenet_official import OfficialScheduler, official_losses, train_official
+
+    torch.manual_seed(0)
+    feats, q = torch.rand(8, 3, 4), torch.randint(0, 2, (8, 3)).float()
+    costs, B = torch.tensor([0.3, 0.6, 1.0]), torch.tensor([0.5])
+    s = OfficialScheduler(3, 2)
+    g_params, h_params = [s.g_weight], [s.h_weight1, s.h_bias1, s.h_weight2, s.h_bias2]
+    for bce_phase in (True, False):
+        g, h = s(feats)
+        l_bce, l_kl, l_cost = official_losses(g, h, q, costs, B)
+        loss = (l_bce * bce_phase + (1e-3 * l_kl + 1e-2 * l_cost) * (not bce_phase)).sum()
+        grads = torch.autograd.grad(loss, g_params + h_params)
+        moved = [bool(torch.count_nonzero(d)) for d in grads]
+        # BCE phase: the loss reaches g_k only; KL + cost phase: h_k only
+        assert moved == ([True, False, False, False, False] if bce_phase else [False, True, True, True, True])
+    # 10 steps of one mini-batch an epoch = the first BCE phase: h_k does not move (no weight decay), g_k does
+    params = {"scorer_lr": 1e-2, "scorer_weight_decay": 0.0, "scorer_steps": 10, "scorer_batch_size": 8}
+    torch.manual_seed(1)
+    start = OfficialScheduler(3, 2)
+    torch.manual_seed(1)
+    trained = train_official(feats, q, costs, [(0.5, 1e-3, 1e-2)], params, torch.Generator().manual_seed(0),
+                             _no_progress)
+    assert not torch.equal(trained.g_weight, start.g_weight)
+    for name in ("h_weight1", "h_bias1", "h_weight2", "h_bias2"):
+        assert torch.equal(getattr(trained, name), getattr(start, name)), name
+
+
+class _Bar:
+    def update(self, n=1):
+        pass
+
+
+class _no_progress:
+    def __init__(self, desc, total):
+        pass
+
+    def __enter__(self):
+        return _Bar()
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_official_thresholds_and_every_sample_answered():
+    from methods.eenet_official import official_exits, official_thresholds
+
+    scores = torch.tensor([[0.9, 0.1, 0.3], [0.8, 0.2, -0.1], [0.7, 0.3, 0.2],
+                           [0.6, 0.9, -0.4], [0.5, 0.6, 0.1], [0.4, 0.2, 0.0]])
+    r_hat = torch.tensor([[1 / 3, 1 / 2, 1 / 6]]).expand(6, 3)                      # counts 2, 3, rest
+    T = official_thresholds(scores, r_hat)
+    # exit 1: the 2nd highest (0.8), samples 1, 2 leave; exit 2: the 3rd highest of (0.3, 0.9, 0.6, 0.2)
+    assert T.tolist() == [pytest.approx(0.8), pytest.approx(0.3), -np.inf]
+    # a sample that passes no threshold exits at K even with a negative last score (the official
+    # T_K = 0 drops it: counted wrong and free)
+    assert official_exits(np.array([[0.85, 0.0, -3.0], [0.5, 0.35, -1.0], [0.5, 0.1, -5.0]]), T).tolist() == [0, 1, 2]
+    # an exit whose count is 0 gets threshold 1 on the raw score: only raw scores >= 1 leave there
+    T = official_thresholds(scores, torch.tensor([[0.1, 0.5, 0.4]]).expand(6, 3))
+    assert T[0] == 1.0 and official_exits(np.array([[1.2, 0.0, 0.0], [0.99, 0.0, 0.0]]), T)[0] == 0
+
+
+def test_scorer_official_runs_end_to_end_on_digits(cli, tmp_path):
+    from conftest import check_replay, read_record
+
+    status, out, err = cli("run", "--method", "eenet", "--set", "method.scorer=official", "--set",
+                           "method.num_budgets=3", "--set", "method.scorer_steps=300", "--out", tmp_path)
+    assert status == 0, err
+    record = read_record(tmp_path)
+    assert record["config"]["method_params"]["scorer"] == "official"
+    points = record["operating_points"]
+    assert len(points) == 3
+    samples = np.load(next(tmp_path.glob("*/samples.npz")))
+    assert samples["exit_index"].shape == (3, 359) and samples["exit_index"].max() <= 5
+    for p in points:
+        assert abs(sum(p["exit_shares"]) - 1) < 1e-9                          # every test sample answered
+        assert 0.0 < p["cost"] < 1.01 and p["accuracy"] > 0.7
+    check_replay(tmp_path)

@@ -81,13 +81,14 @@ def test_bad_input_is_one_line_and_status_2(cli, tmp_path, args, message):
 def test_runtime_answers_as_the_record_on_cifar10_resnet20(cli, tmp_path, method):
     """Every method in its test configuration on real CIFAR-10 through the published ResNet-20 (a
     convolutional backbone whose hidden state is a feature map): the runtime takes the record's
-    decisions for 1,000 test samples (``check_replay``). The threshold baseline's run is
-    ``test_run_e2e.test_cifar10_resnet20_published_weights``, which also checks the time profile."""
+    decisions for 1,000 test samples (``check_replay``). On 30 % of train, as the threshold baseline's run,
+    ``test_run_e2e.test_cifar10_resnet20_published_weights``, whose feature cache it shares (that test
+    also checks the time profile)."""
     sets = [a for k, v in load_methods().get(method).test_parameters.items()
             for a in ("--set", f"method.{k}={json.dumps(v)}")]
     status, _, err = cli("run", "--method", method, "--dataset", "cifar10", "--backbone", "cifar_resnet20",
                          "--data-dir", DATA_DIR, "--weights-dir", WEIGHTS_DIR, "--set", "im.epochs=3", *sets,
-                         "--out", tmp_path)
+                         "--set", "dataset.train_fraction=0.3", "--out", tmp_path)   # the e2e test's cache
     assert status == 0, err
     assert read_record(tmp_path)["backbone"]["num_exits"] == 9
     check_replay(tmp_path, RunOptions(DATA_DIR, WEIGHTS_DIR), runtime_samples=1000)

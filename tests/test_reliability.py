@@ -20,6 +20,14 @@ from conftest import DATA_DIR, WEIGHTS_DIR, check_record, needs_shared, read_rec
 EEBENCH = Path(sys.executable).parent / "eebench"
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """In the child before exec: SIGINT back to its default. A job a non-interactive shell starts in
+    the background (``cmd &``, as a CI script may start the suite) inherits SIGINT ignored, and Python
+    then installs no KeyboardInterrupt handler: ``kill -INT`` would do nothing. A user's Ctrl-C reaches
+    a process whose SIGINT is not ignored, which is what these tests check."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _one_line(err: str) -> str:
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("error: ")]
     assert len(lines) == 1, err
@@ -185,7 +193,7 @@ def test_interrupt_exits_cleanly_and_fast(tmp_path, session_cache, sig, status, 
                    capture_output=True, timeout=600, check=True)                    # the ViT and the features
     proc = subprocess.Popen([str(EEBENCH), "run", "--method", "l2w", "--set", "im.epochs=200", "--set",
                              "method.batch_size=16", "--out", str(tmp_path / "out")], env=env,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_as_at_a_terminal)
     time.sleep(8)                                                                    # well inside the fit
     assert proc.poll() is None
     t0 = time.perf_counter()
@@ -206,7 +214,7 @@ def test_interrupted_inline_sweep_keeps_finished_records_and_says_how_to_resume(
     grid.write_text("datasets: [digits]\nseeds: [0]\nim_params: {epochs: 200}\n"
                     "methods:\n  threshold: {}\n  l2w: {batch_size: 16}\n")          # a quick run, then a long one
     proc = subprocess.Popen([str(EEBENCH), "sweep", str(grid), "--launcher", "inline", "--out", str(out)], env=env,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_as_at_a_terminal)
     end = time.monotonic() + 300
     while not list(out.glob("*/record.json")):                   # interrupt once a run has finished
         assert proc.poll() is None and time.monotonic() < end
